@@ -1,0 +1,69 @@
+"""Register by name, create through a factory.
+
+The CLI, the benchmarks and the common tests enumerate these registries, so a method is
+covered by the common tests the day it is registered (the pattern of timm's ``_registry.py``).
+
+Kinds used in the package: ``arch`` (architectures), ``dataset``, ``trigger``,
+``model_detector``, ``input_detector``, ``mitigation``, ``evasion``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from .errors import InputError
+
+_REGISTRY: dict[str, dict[str, Callable[..., Any]]] = {}
+
+# Modules whose import registers the built-in entries of a kind; imported lazily so that
+# ``import trojanscope`` stays cheap and a broken optional method cannot break the rest.
+_PROVIDERS: dict[str, tuple[str, ...]] = {
+    "arch": ("trojanscope.models.architectures",),
+    "dataset": ("trojanscope.data",),
+    "trigger": ("trojanscope.attacks",),
+    "evasion": ("trojanscope.attacks",),
+    "model_detector": ("trojanscope.detectors.model",),
+    "input_detector": ("trojanscope.detectors.input",),
+    "mitigation": ("trojanscope.mitigations",),
+}
+
+
+def register(kind: str, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Class/function decorator: ``@register("model_detector", "neural_cleanse")``."""
+
+    def deco(obj: Callable[..., Any]) -> Callable[..., Any]:
+        table = _REGISTRY.setdefault(kind, {})
+        if name in table and table[name] is not obj:
+            raise InputError(f"{kind} {name!r} is registered twice")
+        table[name] = obj
+        obj.registry_name = name  # type: ignore[attr-defined]
+        return obj
+
+    return deco
+
+
+def _load(kind: str) -> dict[str, Callable[..., Any]]:
+    for mod in _PROVIDERS.get(kind, ()):
+        importlib.import_module(mod)
+    return _REGISTRY.get(kind, {})
+
+
+def available(kind: str) -> list[str]:
+    """Sorted names registered under ``kind``."""
+    return sorted(_load(kind))
+
+
+def get(kind: str, name: str) -> Callable[..., Any]:
+    """The registered class or function, with a clear error listing the valid names."""
+    table = _load(kind)
+    if name not in table:
+        valid = ", ".join(sorted(table)) or "(none)"
+        raise InputError(f"unknown {kind.replace('_', ' ')} {name!r}; available: {valid}")
+    return table[name]
+
+
+def create(kind: str, name: str, **params: Any) -> Any:
+    """Instantiate the entry ``name`` of ``kind`` with keyword parameters."""
+    return get(kind, name)(**params)

@@ -1,0 +1,1 @@
+"""Data-level defenses: feasible sets, sanitisation and certified upper bounds."""

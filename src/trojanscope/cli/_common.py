@@ -1,0 +1,41 @@
+"""Shared CLI pieces: console, options, data/model loading with friendly errors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+out = Console()
+
+DataOpt = Annotated[str, typer.Option("--data", help="dataset name: digits, mnist, fashion_mnist, "
+                                      "cifar10, gtsrb, folder:PATH or npz:PATH")]
+DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="folder holding the datasets "
+                                                 "(default: $TROJANSCOPE_DATA)")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda (auto = CUDA when available)")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="seed of every random choice")]
+
+
+def load_data(name: str, split: str, data_dir: Path | None, **kw):
+    """``name`` is a registered dataset, or ``folder:PATH`` / ``npz:PATH`` for the user's own files."""
+    from ..data import load_dataset
+
+    if ":" in name:
+        kind, path = name.split(":", 1)
+        return load_dataset(kind, split=split, root=path, **kw)
+    return load_dataset(name, split=split, root=data_dir or os.environ.get("TROJANSCOPE_DATA"), **kw)
+
+
+def parse_ints(text: str | None) -> list[int] | None:
+    if text is None or text.strip() == "":
+        return None
+    from ..errors import InputError
+
+    try:
+        return [int(v) for v in text.split(",") if v.strip() != ""]
+    except ValueError:
+        raise InputError(f"expected comma-separated integers, got {text!r}") from None

@@ -1,0 +1,1 @@
+"""Detectors: model-level scans (``detectors.model``) and input guards (``detectors.input``)."""

@@ -1,0 +1,128 @@
+"""The base class of post-training (model-level) detectors; it owns the common steps."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, final
+
+import torch
+from torch import nn
+
+from ..._validate import check_labels, check_logits
+from ...data import ImageData
+from ...errors import InputError
+from ...models._logits import ensure_logits
+from ...types import ScanResult
+from ...utils import model_device
+
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+def as_image_data(clean: ImageData | tuple[torch.Tensor, torch.Tensor], num_classes: int | None = None
+                  ) -> ImageData:
+    """Accept ImageData or an (x, y) pair; validate either."""
+    if isinstance(clean, ImageData):
+        if num_classes is not None and clean.num_classes != num_classes:
+            from dataclasses import replace
+            check_labels(clean.y, len(clean), num_classes)
+            return replace(clean, num_classes=num_classes)
+        return clean
+    if isinstance(clean, (tuple, list)) and len(clean) == 2:
+        x, y = clean
+        if num_classes is None:
+            num_classes = int(torch.as_tensor(y).max()) + 1
+        return ImageData(x, torch.as_tensor(y), num_classes, name="clean")
+    raise InputError("clean data must be an ImageData or an (images, labels) pair")
+
+
+class frozen:
+    """Context: eval mode and no parameter gradients for the duration; restores both after.
+
+    Detectors differentiate w.r.t. inputs only, so the model's parameters never change and its
+    ``.grad`` fields are never written ("a scan never modifies the model it scans").
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def __enter__(self) -> nn.Module:
+        self._training = self.model.training
+        self._req = [(p, p.requires_grad) for p in self.model.parameters()]
+        try:
+            self.model.eval()
+        except (NotImplementedError, RuntimeError):
+            pass
+        for p, _ in self._req:
+            p.requires_grad_(False)
+        return self.model
+
+    def __exit__(self, *exc: object) -> None:
+        for p, r in self._req:
+            p.requires_grad_(r)
+        try:
+            self.model.train(self._training)
+        except (NotImplementedError, RuntimeError):
+            pass
+
+
+class ModelDetector:
+    """``Detector(**params).scan(model, clean) -> ScanResult``.
+
+    Subclasses take their parameters keyword-only in ``__init__`` (stored under the same names,
+    no logic there) and implement :meth:`_scan`. The base class validates the inputs, detects
+    probability outputs, freezes the model (eval, no parameter gradients; restored after), moves
+    the clean images to the model's device, times the scan and records the parameters.
+    """
+
+    #: False for forward-only methods that also work on ONNX models (ULP, noise input).
+    needs_gradients: bool = True
+
+    def get_params(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if not k.endswith("_") and not k.startswith("_")}
+
+    @property
+    def name(self) -> str:
+        return getattr(type(self), "registry_name", type(self).__name__)
+
+    @final
+    def scan(self, model: nn.Module, clean: ImageData | tuple[torch.Tensor, torch.Tensor], *,
+             progress: ProgressFn | None = None) -> ScanResult:
+        """Scan ``model`` using a few clean images; returns the verdict.
+
+        Args:
+            model: a classifier taking [0, 1] NCHW input and returning logits (or probabilities).
+            clean: clean labelled images (ImageData or (x, y)).
+            progress: optional callback receiving dicts of progress information.
+        """
+        if not isinstance(model, nn.Module):
+            raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        data = as_image_data(clean)
+        dev = model_device(model)
+        data = data.to(dev)
+        with frozen(model):
+            try:
+                with torch.no_grad():
+                    out = model(data.x[:2])
+            except RuntimeError as e:
+                raise InputError(f"the model cannot process the clean images of shape "
+                                 f"{tuple(data.x.shape[1:])}: {str(e).splitlines()[0]}") from None
+            check_logits(out, min(2, len(data)))
+            num_classes = int(out.shape[1])
+            data = as_image_data(data, num_classes)
+            net = ensure_logits(model, data.x)
+            t0 = time.perf_counter()
+            result = self._scan(net, data, num_classes, progress)
+            result.seconds = time.perf_counter() - t0
+        result.method = self.name
+        result.params = self.get_params()
+        return result
+
+    def _scan(self, model: nn.Module, clean: ImageData, num_classes: int,
+              progress: ProgressFn | None) -> ScanResult:  # pragma: no cover
+        raise NotImplementedError
+
+    @classmethod
+    def for_demo(cls) -> ModelDetector | None:
+        """An instance with settings suitable for the digits demo, or None to skip the method."""
+        return cls()

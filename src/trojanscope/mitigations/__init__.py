@@ -1,0 +1,1 @@
+"""Backdoor mitigations (input filter, neuron pruning, unlearning)."""

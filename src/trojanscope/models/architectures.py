@@ -1,0 +1,90 @@
+"""Architecture registry. Every builder takes ``num_classes`` and ``in_shape`` (C, H, W).
+
+Convention (relied on by introspection, pruning and feature-space detectors): a model has a
+``features`` module (convolutional part) and a ``classifier`` ``nn.Sequential`` whose last layer
+is the output ``nn.Linear``; the input of that last layer is the penultimate representation.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .._registry import register
+from ..errors import InputError
+
+
+def _check(num_classes: int, in_shape: tuple[int, ...], min_side: int = 4) -> tuple[int, int, int]:
+    if num_classes < 2:
+        raise InputError(f"num_classes must be >= 2, got {num_classes}")
+    if len(in_shape) != 3:
+        raise InputError(f"in_shape must be (C, H, W), got {tuple(in_shape)}")
+    c, h, w = (int(v) for v in in_shape)
+    if min(h, w) < min_side:
+        raise InputError(f"input {h}x{w} is too small for this architecture (min {min_side})")
+    return c, h, w
+
+
+def _flat_size(features: nn.Module, in_shape: tuple[int, int, int]) -> int:
+    with torch.no_grad():
+        return int(features(torch.zeros(1, *in_shape)).flatten(1).shape[1])
+
+
+class ConvNet(nn.Module):
+    """``features`` -> flatten -> ``classifier``; the shape every small architecture shares."""
+
+    def __init__(self, features: nn.Module, hidden: list[int], num_classes: int,
+                 in_shape: tuple[int, int, int], dropout: float = 0.0) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.in_shape = tuple(in_shape)
+        self.features = features
+        layers: list[nn.Module] = []
+        d = _flat_size(features, in_shape)
+        for hdim in hidden:
+            layers += [nn.Linear(d, hdim), nn.ReLU(inplace=False)]
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+            d = hdim
+        layers.append(nn.Linear(d, num_classes))
+        self.classifier = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+@register("arch", "small_cnn")
+def small_cnn(num_classes: int = 10, in_shape: tuple[int, int, int] = (1, 16, 16)) -> ConvNet:
+    """A tiny 2-conv CNN for tests and the digits demo (trains in seconds on a CPU)."""
+    c, h, w = _check(num_classes, in_shape)
+    feats = nn.Sequential(
+        nn.Conv2d(c, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+    )
+    return ConvNet(feats, [64], num_classes, (c, h, w))
+
+
+@register("arch", "borji_cnn")
+def borji_cnn(num_classes: int = 10, in_shape: tuple[int, int, int] = (1, 28, 28)) -> ConvNet:
+    """conv20-conv50-fc500: the MNIST CNN of Borji, "Adversarial examples are useful too!", Fig. 23.
+
+    conv 5x5x20 -> maxpool 2 -> conv 5x5x50 -> maxpool 2 -> fc 500 -> fc num_classes (ReLU after
+    each hidden layer).
+    """
+    c, h, w = _check(num_classes, in_shape, min_side=12)
+    feats = nn.Sequential(
+        nn.Conv2d(c, 20, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(20, 50, 5), nn.ReLU(), nn.MaxPool2d(2),
+    )
+    return ConvNet(feats, [500], num_classes, (c, h, w))
+
+
+@register("arch", "lenet5")
+def lenet5(num_classes: int = 10, in_shape: tuple[int, int, int] = (1, 28, 28)) -> ConvNet:
+    """LeNet-5 (LeCun et al. 1998): conv6 -> pool -> conv16 -> pool -> fc120 -> fc84 -> out."""
+    c, h, w = _check(num_classes, in_shape, min_side=12)
+    feats = nn.Sequential(
+        nn.Conv2d(c, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+    )
+    return ConvNet(feats, [120, 84], num_classes, (c, h, w))

@@ -1,0 +1,1 @@
+"""Reports: JSON, self-contained HTML and matplotlib figures."""
