@@ -30,6 +30,19 @@ _PROVIDERS: dict[str, tuple[str, ...]] = {
 }
 
 
+def import_submodules(package: str) -> None:
+    """Import every public module of ``package`` so that their ``@register`` decorators run.
+
+    Packages of methods call this in their ``__init__``: adding a method is adding one file.
+    """
+    import pkgutil
+
+    pkg = importlib.import_module(package)
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{package}.{info.name}")
+
+
 def register(kind: str, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Class/function decorator: ``@register("model_detector", "neural_cleanse")``."""
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .._registry import available, get
+from .._registry import available, get, import_submodules
 from ._base import PoisoningAttack, Trigger
 from .patch import PatchTrigger, make_pattern
 
@@ -17,3 +17,6 @@ def triggers() -> list[str]:
 
 
 __all__ = ["PatchTrigger", "PoisoningAttack", "Trigger", "create_trigger", "make_pattern", "triggers"]
+
+# Every trigger / evasion module registers itself on import.
+import_submodules(__name__)

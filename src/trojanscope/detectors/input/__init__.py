@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..._registry import available, get
+from ..._registry import available, get, import_submodules
 from ._base import InputDetector
 
 
@@ -15,3 +15,6 @@ def input_detectors() -> list[str]:
 
 
 __all__ = ["InputDetector", "create_input_detector", "input_detectors"]
+
+# One file per method; each registers itself on import.
+import_submodules(__name__)

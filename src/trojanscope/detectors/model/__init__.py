@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from ..._registry import available, get
+from ..._registry import available, get, import_submodules
 from ._base import ModelDetector, as_image_data, frozen
-
-# Built-in detectors register themselves on import (one file per method).
 
 
 def create_model_detector(name: str, **params: object) -> ModelDetector:
@@ -17,3 +15,6 @@ def model_detectors() -> list[str]:
 
 
 __all__ = ["ModelDetector", "as_image_data", "create_model_detector", "frozen", "model_detectors"]
+
+# One file per method; each registers itself on import.
+import_submodules(__name__)
