@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from .._registry import available, get
 from ._base import ENV_VAR, ImageData, resolve_root
+from .cifar import load_cifar10, read_cifar_bin, read_cifar_pickle
 from .digits import load_digits
+from .files import images_to_float, load_folder, load_images, load_npz
+from .gtsrb import load_gtsrb
+from .idx import load_fashion_mnist, load_mnist, read_idx
 
 
 def load_dataset(name: str, split: str = "train", root: object = None, **kwargs: object) -> ImageData:
@@ -16,4 +20,7 @@ def datasets() -> list[str]:
     return available("dataset")
 
 
-__all__ = ["ENV_VAR", "ImageData", "datasets", "load_dataset", "load_digits", "resolve_root"]
+__all__ = ["ENV_VAR", "ImageData", "datasets", "images_to_float", "load_cifar10", "load_dataset",
+           "load_digits", "load_gtsrb", "read_cifar_bin", "read_cifar_pickle",
+           "load_fashion_mnist", "load_folder", "load_images", "load_mnist", "load_npz", "read_idx",
+           "resolve_root"]

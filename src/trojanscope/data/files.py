@@ -1,0 +1,151 @@
+"""The user's own data: ``npz`` arrays and image ``folder`` trees (PNG/JPEG/PPM via Pillow)."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .._registry import register
+from ..errors import DataNotFoundError, InputError
+from ._base import ImageData, to_float_nchw
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".ppm", ".pgm", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+def read_npz_array(path: str | Path, keys: tuple[str, ...]) -> np.ndarray:
+    """The first of ``keys`` found in an ``.npz``; never unpickles (allow_pickle=False)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataNotFoundError(f"no such file: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            for k in keys:
+                if k in z.files:
+                    return z[k]
+            raise InputError(f"{path}: none of the arrays {list(keys)} found (has {z.files})")
+    except ValueError as e:  # object arrays need pickle: refuse
+        raise InputError(f"{path}: refusing an npz with pickled objects ({e})") from None
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise InputError(f"{path}: not a valid .npz file ({e})") from None
+
+
+def images_to_float(x: np.ndarray, name: str = "images") -> torch.Tensor:
+    """uint8 or float [0,1] arrays, NHWC/NCHW/NHW (or a single HW/HWC image) -> float NCHW [0,1]."""
+    x = np.asarray(x)
+    if x.dtype == object or x.size == 0:
+        raise InputError(f"{name}: expected a non-empty numeric array, got dtype {x.dtype}")
+    if x.ndim == 2:
+        x = x[None]
+    if x.ndim == 3 and x.shape[-1] in (1, 3, 4) and x.shape[0] not in (1, 3, 4):
+        x = x[None]  # one HWC image
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4:
+        raise InputError(f"{name}: expected 2-4 dimensions (N,H,W[,C] or N,C,H,W), got shape {x.shape}")
+    if x.shape[1] not in (1, 3, 4) and x.shape[-1] in (1, 3, 4):
+        x = np.transpose(x, (0, 3, 1, 2))  # NHWC -> NCHW
+    if x.shape[1] == 4:
+        x = x[:, :3]  # drop alpha
+    if x.dtype == np.uint8:
+        return to_float_nchw(torch.from_numpy(np.ascontiguousarray(x)))
+    if np.issubdtype(x.dtype, np.integer):
+        if x.min() < 0 or x.max() > 255:
+            raise InputError(f"{name}: integer images must be in 0..255")
+        return torch.from_numpy(np.ascontiguousarray(x, np.float32) / 255.0)
+    x = np.ascontiguousarray(x, np.float32)
+    if not np.isfinite(x).all():
+        raise InputError(f"{name} contain NaN or infinite values")
+    if x.min() < 0 or x.max() > 1:
+        raise InputError(f"{name}: float images must be in [0, 1] (found [{x.min():.3g}, {x.max():.3g}])")
+    return torch.from_numpy(x)
+
+
+def read_image(path: Path, size: tuple[int, int] | None = None, mode: str | None = None) -> np.ndarray:
+    """One image as uint8 HWC (Pillow), optionally converted to ``mode`` and resized."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert(mode or ("L" if im.mode in ("L", "1", "I;16", "I") else "RGB"))
+            if size is not None and im.size != (size[1], size[0]):
+                im = im.resize((size[1], size[0]), Image.BILINEAR)
+            a = np.asarray(im, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as e:
+        raise InputError(f"{path}: not a readable image ({e})") from None
+    return a[:, :, None] if a.ndim == 2 else a
+
+
+def load_images(path: str | Path, size: tuple[int, int] | None = None) -> tuple[torch.Tensor, list[str]]:
+    """Suspect inputs: an ``.npz`` with an ``x`` array, an image file, or a folder of images.
+
+    Returns (float NCHW [0,1] tensor, names in order). Folder images are sorted by name and must
+    share a size unless ``size`` is given.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataNotFoundError(f"no such file or folder: {path}")
+    if path.is_file() and path.suffix == ".npz":
+        x = images_to_float(read_npz_array(path, ("x", "arr_0")), str(path))
+        return x, [f"{path.name}[{i}]" for i in range(len(x))]
+    files = [path] if path.is_file() else sorted(
+        p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataNotFoundError(f"{path}: no images found ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    first = read_image(files[0], size)
+    mode = "L" if first.shape[2] == 1 else "RGB"
+    arrs = [first] + [read_image(p, size or first.shape[:2], mode) for p in files[1:]]
+    return images_to_float(np.stack(arrs)), [str(p.relative_to(path) if path.is_dir() else p.name) for p in files]
+
+
+@register("dataset", "npz")
+def load_npz(split: str = "train", root: object = None, **_: object) -> ImageData:
+    """An ``.npz`` with ``x`` (images, uint8 or float [0,1], NHWC or NCHW) and ``y`` (labels);
+    or ``x_train``/``y_train`` and ``x_test``/``y_test`` for splits. ``root`` is the file path."""
+    if root is None:
+        raise InputError("npz data needs a file: use --data npz:PATH")
+    path = Path(str(root))
+    keys_x = (f"x_{split}", "x") if split in ("train", "test") else ("x",)
+    keys_y = (f"y_{split}", "y") if split in ("train", "test") else ("y",)
+    x = images_to_float(read_npz_array(path, keys_x), str(path))
+    y = read_npz_array(path, keys_y)
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise InputError(f"{path}: labels must be a 1-D integer array, got {y.dtype} {y.shape}")
+    k = int(y.max()) + 1 if len(y) else 0
+    return ImageData(x, torch.from_numpy(y.astype(np.int64)), max(k, 2), name=path.stem)
+
+
+@register("dataset", "folder")
+def load_folder(split: str = "train", root: object = None, size: int | None = None, **_: object) -> ImageData:
+    """One sub-folder per class (sorted names = class indices): ``root/<class>/*.png``.
+
+    When ``root`` has ``train/`` and ``test/`` sub-folders, ``split`` picks one.
+    """
+    if root is None:
+        raise InputError("folder data needs a path: use --data folder:PATH")
+    base = Path(str(root))
+    if (base / split).is_dir():
+        base = base / split
+    if not base.is_dir():
+        raise DataNotFoundError(f"no such folder: {base}")
+    classes = sorted(p.name for p in base.iterdir() if p.is_dir())
+    if not classes:
+        raise DataNotFoundError(f"{base}: expected one sub-folder per class with images inside")
+    xs, ys = [], []
+    hw = (size, size) if size else None
+    for i, c in enumerate(classes):
+        files = sorted(p for p in (base / c).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        for p in files:
+            a = read_image(p, hw)
+            hw = hw or a.shape[:2]
+            xs.append(a)
+            ys.append(i)
+    if not xs:
+        raise DataNotFoundError(f"{base}: the class folders contain no images")
+    chans = {a.shape[2] for a in xs}
+    if len(chans) > 1:  # mixed grey/colour: make all RGB
+        xs = [np.repeat(a, 3, axis=2) if a.shape[2] == 1 else a for a in xs]
+    return ImageData(images_to_float(np.stack(xs)), torch.tensor(ys), len(classes), name=base.name,
+                     class_names=classes)
