@@ -93,7 +93,7 @@ def cached_model(name: str, build: Callable[[], tuple[torch.nn.Module, dict[str,
 
 
 def mnist_clean_model(root: str | Path | None = None, seed: int = 0) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The shared clean MNIST ``borji_cnn`` (1 epoch SGD, lr 0.01, batch 64)."""
+    """The shared clean MNIST ``borji_cnn`` (1 epoch SGD momentum 0.9, lr 0.05, batch 64: CTA ~98.5%)."""
     from trojanscope.metrics import accuracy
     from trojanscope.train import train
 
@@ -101,8 +101,8 @@ def mnist_clean_model(root: str | Path | None = None, seed: int = 0) -> tuple[to
         tr, te = load_mnist("train", root), load_mnist("test", root)
         torch.manual_seed(seed)
         m = create_model("borji_cnn", 10, (1, 28, 28))
-        train(m, tr, epochs=1, lr=0.01, batch_size=64, seed=seed)
-        return m, {"arch": "borji_cnn", "num_classes": 10, "in_shape": [1, 28, 28], "epochs": 1,
+        train(m, tr, epochs=1, lr=0.05, batch_size=64, seed=seed)
+        return m, {"arch": "borji_cnn", "num_classes": 10, "in_shape": [1, 28, 28], "epochs": 1, "lr": 0.05,
                    "seed": seed, "cta": accuracy(m, te)}
 
     return cached_model(f"mnist_clean_borji_seed{seed}", build)
