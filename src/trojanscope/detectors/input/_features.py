@@ -1,0 +1,129 @@
+"""Shared pieces of the input detectors: layer activations, the fully connected head, nearest
+neighbours, and the label-change statistics of the model-mutation family (Jin et al. sec. 3.2)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ...errors import InputError
+from ...models.introspect import last_linear, named_layers, record
+
+
+def activation_layers(model: nn.Module, last: int | None = None) -> list[nn.Module]:
+    """The Conv2d/Linear layers whose outputs form the activation spaces, in forward order.
+
+    Args:
+        model: the classifier.
+        last: keep only the last ``last`` layers (None = all; Jin et al. sec. 4.2 use all layers
+            for MNIST/GTSRB and the last 5 for VGG-16).
+    """
+    layers = [m for _, m in named_layers(model)]
+    if not layers:
+        raise InputError("this model has no Conv2d/Linear layers that trojanscope can see "
+                         "(a torch.export or ONNX model hides them); this detector needs them")
+    if last is not None:
+        if last < 1:
+            raise InputError(f"layers must be >= 1 (or None for all), got {last}")
+        layers = layers[-last:]
+    return layers
+
+
+def activations(model: nn.Module, x: torch.Tensor, modules: list[nn.Module],
+                batch_size: int = 256) -> list[torch.Tensor]:
+    """Flattened outputs [N, D_i] of ``modules`` on ``x`` (no gradients, batched)."""
+    return record(model, x, modules, batch_size=batch_size)
+
+
+def classifier_head(model: nn.Module) -> nn.Sequential:
+    """The fully connected head: the ``nn.Sequential`` (preferably named ``classifier``) that ends
+    in the output Linear (the architecture convention of :mod:`trojanscope.models.architectures`).
+    """
+    _, out_layer = last_linear(model)
+    cands = [(n, m) for n, m in model.named_modules()
+             if isinstance(m, nn.Sequential) and len(m) and m[-1] is out_layer]
+    if not cands:
+        raise InputError("this detector mutates the fully connected layers and needs them in an "
+                         "nn.Sequential `classifier` ending in the output Linear")
+    named = [m for n, m in cands if n.split(".")[-1] == "classifier"]
+    return named[0] if named else cands[0][1]
+
+
+def head_input(model: nn.Module, head: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """[N, D] input of the head: the conv features, computed once (they do not change when only
+    fully connected weights are mutated or dropped out)."""
+    return record(model, x, [head], inputs=True, batch_size=batch_size)[0]
+
+
+def check_head(model: nn.Module, head: nn.Module, x: torch.Tensor) -> None:
+    """The head must reproduce the model's predictions from its recorded input."""
+    with torch.no_grad():
+        ok = head(head_input(model, head, x)).argmax(1).eq(model(x).argmax(1)).float().mean()
+    if float(ok) < 0.99:
+        raise InputError("the model's `classifier` head does not reproduce its predictions; this "
+                         "detector needs a model of the form classifier(flatten(features(x)))")
+
+
+def sqdist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances [N, M] between rows of ``a`` [N, D] and ``b`` [M, D]."""
+    d = (a * a).sum(1, keepdim=True) - 2 * a @ b.T + (b * b).sum(1)[None]
+    return d.clamp_min_(0.0)
+
+
+def knn_vote(d: torch.Tensor, labels: torch.Tensor, k: int, num_classes: int) -> torch.Tensor:
+    """Majority label [N] of the ``k`` nearest references (distances ``d`` [N, M]); ties go to
+    the class whose members are nearer (votes weighted 1 + tiny rank bonus)."""
+    k = min(k, d.shape[1])
+    idx = d.topk(k, dim=1, largest=False).indices  # [N, k], nearest first
+    w = 1.0 + 1e-3 * torch.linspace(1, 0, k, device=d.device)
+    votes = torch.zeros(d.shape[0], num_classes, device=d.device, dtype=w.dtype)
+    votes.scatter_add_(1, labels[idx], w.expand(d.shape[0], k).contiguous())
+    return votes.argmax(1)
+
+
+def sprt_log_ratio(z: torch.Tensor, n: int, p1: float, p0: float) -> torch.Tensor:
+    """log of the SPRT ratio of Jin et al. eq. 3: p1^z (1-p1)^(n-z) / (p0^z (1-p0)^(n-z)).
+
+    Args:
+        z: label-change counts [N] out of ``n`` mutants.
+        p1: varsigma_h - delta; p0: varsigma_h + delta (clamped into (0, 1)).
+    """
+    p1 = min(max(p1, 1e-4), 1 - 1e-4)
+    p0 = min(max(p0, 1e-4), 1 - 1e-4)
+    z = z.float()
+    return z * math.log(p1 / p0) + (n - z) * math.log((1 - p1) / (1 - p0))
+
+
+def label_change_score(z: torch.Tensor, n: int, stage: str, varsigma_h: float, delta: float,
+                       alpha: float, beta: float) -> torch.Tensor:
+    """Suspicion score from label-change counts through the SPRT (Jin et al. sec. 3.2, eq. 3).
+
+    The score is the margin of the SPRT log ratio past the decision bound of the stage, so that
+    ``score >= 0`` is exactly the SPRT verdict "malicious" and higher means more suspicious:
+
+    * ``"adversarial"`` (Mutation I): H0 "x is an AE" is accepted when SPRT <= beta/(1-alpha);
+      score = log(beta/(1-alpha)) - log SPRT (many label changes -> high).
+    * ``"backdoor"`` (Mutation II): the hypotheses are reversed; "x is a BE" is accepted when
+      SPRT >= (1-beta)/alpha; score = log SPRT - log((1-beta)/alpha) (few changes -> high).
+    * ``"both"``: the two-stage procedure of Fig. 3, max of the two margins (each computed from
+      its own counts: pass ``z`` as a pair then).
+    """
+    if stage == "adversarial":
+        return math.log(beta / (1 - alpha)) - sprt_log_ratio(z, n, varsigma_h - delta, varsigma_h + delta)
+    if stage == "backdoor":
+        return sprt_log_ratio(z, n, varsigma_h - delta, varsigma_h + delta) - math.log((1 - beta) / alpha)
+    raise InputError(f"unknown stage {stage!r}; use adversarial, backdoor or both")
+
+
+def check_choice(name: str, value: object, choices: tuple[object, ...]) -> None:
+    if value not in choices:
+        raise InputError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+def check_positive(name: str, value: float, *, integer: bool = False, upper: float | None = None) -> None:
+    if integer and int(value) != value:
+        raise InputError(f"{name} must be an integer, got {value!r}")
+    if not value > 0 or (upper is not None and value >= upper):
+        raise InputError(f"{name} must be > 0{f' and < {upper}' if upper is not None else ''}, got {value!r}")

@@ -1,0 +1,112 @@
+"""Activation space: Jin et al., "A unified framework for analyzing and detecting malicious
+examples of DNN models", sec. 3.3, eqs. 4-5 (after Katzir & Elovici, IJCNN 2019).
+
+Offline, a PCA + KNN classifier per layer learns to predict the label from that layer's clean
+activations, and the prior probability p_s^i that the predicted label switches between layers
+i-1 and i is estimated on clean data (eq. 4). Online, an input whose per-layer labels switch where
+clean inputs rarely switch has a low log-likelihood LL_x (eq. 5): a malicious example looks like
+its source class in the early layers and like the target class in the late ones.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..._registry import register
+from ...data import ImageData
+from ...utils import generator
+from ._base import InputDetector
+from ._features import activation_layers, activations, check_positive, knn_vote, sqdist
+
+
+def pca_basis(a: torch.Tensor, q: int, seed: int = 0, oversample: int = 10, n_iter: int = 2
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean [D], components [D, q']) of the top ``q`` principal directions of ``a`` [M, D].
+
+    Randomized SVD (Halko et al. 2011, Alg. 4.4 with ``n_iter`` power iterations) with a seeded
+    test matrix: conv layers have ~10^4 dimensions, where an exact SVD costs seconds.
+    """
+    mean = a.mean(0)
+    c = a - mean
+    q = max(1, min(q, a.shape[0] - 1, a.shape[1]))
+    r = min(q + oversample, *c.shape)
+    if r >= min(c.shape) // 2:  # small problem: exact
+        _, _, vh = torch.linalg.svd(c, full_matrices=False)
+        return mean, vh[:q].T.contiguous()
+    omega = torch.randn(c.shape[1], r, generator=generator(seed)).to(c)
+    y = torch.linalg.qr(c @ omega).Q
+    for _ in range(n_iter):
+        y = torch.linalg.qr(c @ torch.linalg.qr(c.T @ y).Q).Q
+    _, _, vh = torch.linalg.svd(y.T @ c, full_matrices=False)
+    return mean, vh[:q].T.contiguous()
+
+
+@register("input_detector", "activation_space")
+class ActivationSpace(InputDetector):
+    """Label-switching log-likelihood across layers (Jin et al. eqs. 4-5); score = -LL_x.
+
+    Layers are the outputs of the model's Conv2d and Linear layers (the output layer included, so
+    the last KNN label tracks the model's decision).
+
+    Args:
+        n_components: PCA components per layer (paper: 100).
+        k: neighbours of the KNN classifiers (paper: 5).
+        layers: use only the last ``layers`` layers (None = all; the paper uses all for MNIST and
+            GTSRB, the last 5 for VGG-16).
+        batch_size: inputs per forward pass.
+        fpr: target false-positive rate of ``predict`` on clean data.
+        seed: seed of the calibration split.
+    """
+
+    def __init__(self, *, n_components: int = 100, k: int = 5, layers: int | None = None,
+                 batch_size: int = 256, fpr: float = 0.05, seed: int = 0) -> None:
+        self.n_components = n_components
+        self.k = k
+        self.layers = layers
+        self.batch_size = batch_size
+        self.fpr = fpr
+        self.seed = seed
+
+    def _fit(self, model: nn.Module, clean: ImageData) -> None:
+        check_positive("n_components", self.n_components, integer=True)
+        check_positive("k", self.k, integer=True)
+        self.modules_ = activation_layers(model, self.layers)
+        acts = activations(model, clean.x, self.modules_, self.batch_size)
+        self.pca_ = [pca_basis(a, self.n_components, self.seed) for a in acts]
+        self.refs_ = [(a - m) @ c for a, (m, c) in zip(acts, self.pca_, strict=True)]
+        self.labels_ = clean.y
+        # eq. 4 on the clean references, each left out of its own neighbourhood
+        y = self.layer_labels(self.refs_, exclude_self=True)
+        switched = (y[:, 1:] != y[:, :-1]).float().mean(0) if y.shape[1] > 1 else torch.zeros(0)
+        n = len(clean)
+        # add-one smoothing keeps log p_s finite when no clean reference ever switches
+        self.p_switch_ = ((switched * n + 1) / (n + 2)).to(clean.x.device)
+
+    def layer_labels(self, projected: list[torch.Tensor], exclude_self: bool = False) -> torch.Tensor:
+        """KNN labels [N, L] from the PCA projections of every layer."""
+        cols = []
+        for p, ref in zip(projected, self.refs_, strict=True):
+            col = []
+            for i in range(0, len(p), self.batch_size):
+                d = sqdist(p[i : i + self.batch_size], ref)
+                if exclude_self:
+                    rows = torch.arange(d.shape[0], device=d.device)
+                    d[rows, rows + i] = float("inf")
+                col.append(knn_vote(d, self.labels_, self.k, self.num_classes_))
+            cols.append(torch.cat(col))
+        return torch.stack(cols, 1)
+
+    def log_likelihood(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """LL_x of eq. 5 [N] (higher = behaves like clean inputs)."""
+        acts = activations(model, x, self.modules_, self.batch_size)
+        proj = [(a - m) @ c for a, (m, c) in zip(acts, self.pca_, strict=True)]
+        y = self.layer_labels(proj)
+        if y.shape[1] < 2:
+            return torch.zeros(len(x), device=x.device)
+        sw = y[:, 1:] != y[:, :-1]
+        p = self.p_switch_[None]
+        return torch.where(sw, p.log(), (1 - p).log()).sum(1)
+
+    def _score(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return -self.log_likelihood(model, x)
