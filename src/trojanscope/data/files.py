@@ -22,13 +22,16 @@ def read_npz_array(path: str | Path, keys: tuple[str, ...]) -> np.ndarray:
         raise DataNotFoundError(f"no such file: {path}")
     try:
         with np.load(path, allow_pickle=False) as z:
-            for k in keys:
-                if k in z.files:
-                    return z[k]
-            raise InputError(f"{path}: none of the arrays {list(keys)} found (has {z.files})")
-    except ValueError as e:  # object arrays need pickle: refuse
-        raise InputError(f"{path}: refusing an npz with pickled objects ({e})") from None
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
+            key = next((k for k in keys if k in z.files), None)
+            if key is None:
+                raise InputError(f"{path}: none of the arrays {list(keys)} found (has {z.files})")
+            try:
+                return z[key]
+            except ValueError as e:  # object arrays need pickle: refuse
+                raise InputError(f"{path}: refusing an npz with pickled objects ({e})") from None
+    except InputError:
+        raise
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError) as e:
         raise InputError(f"{path}: not a valid .npz file ({e})") from None
 
 
