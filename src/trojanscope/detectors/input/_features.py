@@ -117,6 +117,16 @@ def label_change_score(z: torch.Tensor, n: int, stage: str, varsigma_h: float, d
     raise InputError(f"unknown stage {stage!r}; use adversarial, backdoor or both")
 
 
+def default_varsigma(stage: str, clean_rate: float) -> float:
+    """SPRT threshold varsigma_h from the mean label-change rate of clean images: half of it for
+    the backdoor stage (BEs change less than clean inputs), three times it (within [0.05, 0.5])
+    for the adversarial stage (AEs change more). Only the SPRT verdict depends on it; the score
+    order (hence the ROC) does not."""
+    if stage == "backdoor":
+        return max(clean_rate / 2, 1e-3)
+    return min(max(3 * clean_rate, 0.05), 0.5)
+
+
 def check_choice(name: str, value: object, choices: tuple[object, ...]) -> None:
     if value not in choices:
         raise InputError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")

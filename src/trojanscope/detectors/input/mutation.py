@@ -23,6 +23,7 @@ from ._features import (
     check_head,
     check_positive,
     classifier_head,
+    default_varsigma,
     head_input,
     label_change_score,
 )
@@ -125,12 +126,8 @@ class ModelMutation(InputDetector):
         rates = self.change_counts(model, clean.x)
         for st in self._stages():
             rate = float(rates[st].float().mean()) / self.n_mutants
-            if self.varsigma_h is not None:
-                self.varsigma_[st] = float(self.varsigma_h)
-            elif st == "backdoor":
-                self.varsigma_[st] = max(rate / 2, 1e-3)
-            else:
-                self.varsigma_[st] = min(max(3 * rate, 0.05), 0.5)
+            self.varsigma_[st] = (default_varsigma(st, rate) if self.varsigma_h is None
+                                  else float(self.varsigma_h))
 
     def change_counts(self, model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Label-change counts z [N] per stage: mutants whose label differs from the model's."""
