@@ -1,0 +1,79 @@
+"""``trojanscope evaluate``: clean test accuracy and attack success rate of a model file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..errors import InputError
+from ._common import DataDirOpt, DataOpt, DeviceOpt, console, load_data, out
+from .train import (
+    AttackOpt,
+    AttackParamOpt,
+    SourcesOpt,
+    TargetOpt,
+    attack_spec,
+    evaluate_model,
+    print_metrics,
+)
+
+
+def parse_mean_std(text: str | None) -> tuple[list[float], list[float]] | None:
+    """``M1,M2,M3/S1,S2,S3`` -> (mean, std)."""
+    if text is None:
+        return None
+    try:
+        m, s = text.split("/")
+        return [float(v) for v in m.split(",")], [float(v) for v in s.split(",")]
+    except ValueError:
+        raise InputError(f"--normalize must look like MEAN/STD, e.g. 0.1307/0.3081 or "
+                         f"0.49,0.48,0.45/0.25,0.24,0.26; got {text!r}") from None
+
+
+def evaluate_cmd(
+    model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="model file (.safetensors, .pt2, "
+                                               ".pt, .pth, .onnx)")],
+    data: DataOpt = "digits",
+    data_dir: DataDirOpt = None,
+    split: Annotated[str, typer.Option("--split", help="dataset split to evaluate on")] = "test",
+    attack: AttackOpt = None,
+    target: TargetOpt = None,
+    sources: SourcesOpt = None,
+    attack_param: AttackParamOpt = None,
+    module: Annotated[str | None, typer.Option("--module", help="path/to/module.py:ClassName for a "
+                                               "state-dict file")] = None,
+    arch: Annotated[str | None, typer.Option("--arch", help="registry architecture of a state-dict file")] = None,
+    normalize: Annotated[str | None, typer.Option("--normalize", help="MEAN/STD the network expects "
+                                                  "(default: from the sidecar)")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the metrics to this JSON file")] = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Print CTA (and ASR with an attack) of MODEL; without --attack the sidecar's attack is used."""
+    from ..models import load_model
+    from ..utils import atomic_write_json, resolve_device, to_jsonable
+
+    dev = resolve_device(device)
+    test = load_data(data, split, data_dir)
+    model = load_model(model_path, normalize=parse_mean_std(normalize), module=module, arch=arch,
+                       num_classes=test.num_classes if (module or arch) else None,
+                       in_shape=test.in_shape if (module or arch) else None, device=dev)
+    spec: dict[str, Any] | None
+    recorded = model.metadata.get("attack")
+    if attack is None and target is None and isinstance(recorded, dict) and recorded.get("name"):
+        spec = {k: recorded.get(k) for k in ("name", "params", "target", "sources")}
+        spec["params"] = spec["params"] or {}
+        console.print(f"attack from the sidecar: {spec['name']} {spec['params']} -> class {spec['target']}")
+    else:
+        spec = attack_spec(attack, target, sources, attack_param, test.num_classes)
+    res = evaluate_model(model, test, spec)
+    print_metrics(res, spec, f"{model_path.name} on {data} ({split} split, {res['n_test']} images)")
+    if json_out is not None:
+        atomic_write_json(json_out, to_jsonable({"model": str(model_path), "dataset": data, "split": split,
+                                                 "attack": spec, **res}))
+        out.print(f"wrote {json_out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("evaluate")(evaluate_cmd)

@@ -1,0 +1,98 @@
+"""``trojanscope train`` / ``evaluate`` on the embedded digits data (fast), and their errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from trojanscope import InputError
+from trojanscope.cli.main import app, main
+from trojanscope.cli.train import parse_params, parse_value
+from trojanscope.models import load_model
+
+runner = CliRunner()
+
+
+def test_parse_attack_params():
+    assert parse_value("5") == 5 and parse_value("0.1") == 0.1 and parse_value("true") is True
+    assert parse_value("none") is None and parse_value("2,3") == [2, 3] and parse_value("top_right") == "top_right"
+    assert parse_params(["size=4", "location=top_left", "pattern-seed=3"]) == {
+        "size": 4, "location": "top_left", "pattern_seed": 3}
+    with pytest.raises(InputError, match="key=value"):
+        parse_params(["size"])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    path = d / "bd.safetensors"
+    res = runner.invoke(app, ["train", "--data", "digits", "--arch", "small_cnn", "--attack", "badnets",
+                              "--target", "0", "--sources", "3,4", "--poison-per-source", "60",
+                              "--attack-param", "size=2", "--attack-param", "location=top_left",
+                              "--epochs", "12", "--lr", "0.05", "--device", "cpu", "--out", str(path)])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    return path, res.output
+
+
+def test_train_writes_model_and_metrics(trained):
+    path, output = trained
+    assert "CTA" in output and "ASR source 3" in output
+    side = json.loads(path.with_suffix(".json").read_text())
+    assert side["arch"] == "small_cnn" and side["in_shape"] == [1, 8, 8]
+    assert side["attack"]["params"] == {"size": 2, "location": "top_left"}
+    assert side["attack"]["sources"] == [3, 4] and side["attack"]["poisoned"] == 120
+    m = side["metrics"]
+    assert m["cta"] > 0.85 and m["asr"] > 0.8  # the backdoor was learnt
+    assert set(m["asr_per_source"]) == {"3", "4"}
+    assert load_model(path).num_classes == 10
+
+
+def test_evaluate_uses_the_sidecar_attack_and_writes_json(trained, tmp_path):
+    path, _ = trained
+    side = json.loads(path.with_suffix(".json").read_text())
+    res = runner.invoke(app, ["evaluate", str(path), "--data", "digits", "--json", str(tmp_path / "e.json")])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    got = json.loads((tmp_path / "e.json").read_text())
+    assert got["cta"] == pytest.approx(side["metrics"]["cta"])
+    assert got["asr"] == pytest.approx(side["metrics"]["asr"])
+    # another trigger location: the backdoor does not fire
+    res = runner.invoke(app, ["evaluate", str(path), "--data", "digits", "--attack", "badnets", "--target", "0",
+                              "--sources", "3,4", "--attack-param", "size=2", "--attack-param",
+                              "location=bottom_right", "--json", str(tmp_path / "o.json")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "o.json").read_text())["asr"] < got["asr"] - 0.3
+
+
+def test_clean_normalised_training_to_onnx(tmp_path):
+    out = tmp_path / "clean.onnx"
+    res = runner.invoke(app, ["train", "--data", "digits", "--arch", "small_cnn", "--epochs", "3", "--lr", "0.05",
+                              "--normalize", "data", "--out", str(out)])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["attack"] is None and side["normalization_inside"] and side["mean"][0] > 0.1
+    assert load_model(out).forward_only
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--data", "digits", "--arch", "nope", "--out", "x.safetensors"], "unknown arch 'nope'"),
+    (["train", "--data", "digits", "--attack", "badnets", "--out", "x.safetensors"], "needs --target"),
+    (["train", "--data", "digits", "--attack", "badnets", "--target", "1", "--out", "x.safetensors"],
+     "exactly one of --poison-count"),
+    (["train", "--data", "digits", "--attack", "badnets", "--target", "1", "--poison-count", "5",
+      "--attack-param", "colour=red", "--out", "x.safetensors"], "does not take these parameters"),
+    (["train", "--data", "digits", "--out", "x.h5"], "unknown model file type"),
+    (["evaluate", "missing.pt", "--data", "digits"], "does not exist"),
+])
+def test_bad_input_is_one_clean_line(args, message, monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["trojanscope", *args])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and message in " ".join(err.split())
+    assert "Traceback" not in err
+    assert not (tmp_path / "x.safetensors").exists()
