@@ -47,23 +47,28 @@ class ActivationSpace(InputDetector):
     """Label-switching log-likelihood across layers (Jin et al. eqs. 4-5); score = -LL_x.
 
     Layers are the outputs of the model's Conv2d and Linear layers (the output layer included, so
-    the last KNN label tracks the model's decision).
+    the last KNN label tracks the model's decision), preceded by the input image itself when
+    ``include_input`` (layer 0, where the source class still dominates: "in the first few layers,
+    AEs have similar behaviors as the normal samples since the original input dominates", sec.
+    3.3).
 
     Args:
         n_components: PCA components per layer (paper: 100).
         k: neighbours of the KNN classifiers (paper: 5).
         layers: use only the last ``layers`` layers (None = all; the paper uses all for MNIST and
             GTSRB, the last 5 for VGG-16).
+        include_input: add the input image as layer 0.
         batch_size: inputs per forward pass.
         fpr: target false-positive rate of ``predict`` on clean data.
         seed: seed of the calibration split.
     """
 
     def __init__(self, *, n_components: int = 100, k: int = 5, layers: int | None = None,
-                 batch_size: int = 256, fpr: float = 0.05, seed: int = 0) -> None:
+                 include_input: bool = False, batch_size: int = 256, fpr: float = 0.05, seed: int = 0) -> None:
         self.n_components = n_components
         self.k = k
         self.layers = layers
+        self.include_input = include_input
         self.batch_size = batch_size
         self.fpr = fpr
         self.seed = seed
@@ -72,7 +77,7 @@ class ActivationSpace(InputDetector):
         check_positive("n_components", self.n_components, integer=True)
         check_positive("k", self.k, integer=True)
         self.modules_ = activation_layers(model, self.layers)
-        acts = activations(model, clean.x, self.modules_, self.batch_size)
+        acts = self._activations(model, clean.x)
         self.pca_ = [pca_basis(a, self.n_components, self.seed) for a in acts]
         self.refs_ = [(a - m) @ c for a, (m, c) in zip(acts, self.pca_, strict=True)]
         self.labels_ = clean.y
@@ -82,6 +87,10 @@ class ActivationSpace(InputDetector):
         n = len(clean)
         # add-one smoothing keeps log p_s finite when no clean reference ever switches
         self.p_switch_ = ((switched * n + 1) / (n + 2)).to(clean.x.device)
+
+    def _activations(self, model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+        acts = activations(model, x, self.modules_, self.batch_size)
+        return [x.flatten(1), *acts] if self.include_input else acts
 
     def layer_labels(self, projected: list[torch.Tensor], exclude_self: bool = False) -> torch.Tensor:
         """KNN labels [N, L] from the PCA projections of every layer."""
@@ -99,7 +108,7 @@ class ActivationSpace(InputDetector):
 
     def log_likelihood(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """LL_x of eq. 5 [N] (higher = behaves like clean inputs)."""
-        acts = activations(model, x, self.modules_, self.batch_size)
+        acts = self._activations(model, x)
         proj = [(a - m) @ c for a, (m, c) in zip(acts, self.pca_, strict=True)]
         y = self.layer_labels(proj)
         if y.shape[1] < 2:

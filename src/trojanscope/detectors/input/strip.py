@@ -26,7 +26,8 @@ class Strip(InputDetector):
     The blend is Gao et al.'s image addition ``clip(x + alpha * x_clean)``, capped to [0, 1].
 
     Args:
-        n_blend: clean images superimposed per input (Gao et al.: N = 100).
+        n_blend: clean images superimposed per input (Gao et al.: N = 100); drawn once at fit
+            time from the clean images, the same for every input.
         alpha: weight of the clean image in the blend (1 = Gao et al.'s addition).
         batch_size: inputs per batch (each expands to ``n_blend`` blends).
         fpr: target false-positive rate of ``predict`` on clean data.
@@ -44,18 +45,17 @@ class Strip(InputDetector):
     def _fit(self, model: nn.Module, clean: ImageData) -> None:
         check_positive("n_blend", self.n_blend, integer=True)
         check_positive("alpha", self.alpha)
-        self.pool_ = clean.x
+        # one fixed set of blend partners for every input: a score never depends on the batch
+        pick = torch.randint(0, len(clean), (self.n_blend,), generator=generator(self.seed))
+        self.backgrounds_ = clean.x[pick.to(clean.x.device)]
 
     def entropy(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Mean prediction entropy [N] (bits) over the blends of each input."""
-        g = generator(self.seed)
         out = []
         with torch.no_grad():
             for i in range(0, len(x), self.batch_size):
                 xb = x[i : i + self.batch_size]
-                pick = torch.randint(0, len(self.pool_), (len(xb), self.n_blend), generator=g)
-                bg = self.pool_[pick.to(self.pool_.device)]  # [B, n, C, H, W]
-                mix = (xb[:, None] + self.alpha * bg).clamp_(0, 1).flatten(0, 1)
+                mix = (xb[:, None] + self.alpha * self.backgrounds_[None]).clamp_(0, 1).flatten(0, 1)
                 logp = model(mix).log_softmax(1)
                 h = -(logp.exp() * logp).sum(1) / torch.log(torch.tensor(2.0))
                 out.append(h.view(len(xb), self.n_blend).mean(1))

@@ -28,18 +28,31 @@ from ._features import (
 )
 
 
-def dropout_predictions(head: nn.Module, h: torch.Tensor, rate: float, n: int,
-                        g: torch.Generator) -> torch.Tensor:
-    """Labels [n, N] of ``n`` MC-dropout passes of ``head`` on its inputs ``h`` [N, D]: every
-    ``nn.Linear`` of the head sees its input through a fresh Bernoulli(1 - rate) mask, scaled by
-    1/(1 - rate). All passes run as one batch of n*N rows."""
+def dropout_masks(head: nn.Module, n: int, rate: float, g: torch.Generator) -> list[torch.Tensor]:
+    """``n`` fixed dropout masks per ``nn.Linear`` of ``head``: [n, in_features] each, Bernoulli
+    (1 - rate) scaled by 1/(1 - rate). Drawn once at fit time, like the mutants of ``mutation``,
+    so that an input's score never depends on the other inputs of its batch."""
+    out = []
+    for m in head.modules():
+        if isinstance(m, nn.Linear):
+            keep = torch.rand(n, m.in_features, generator=g) >= rate
+            out.append(keep.to(m.weight) / (1.0 - rate))
+    return out
 
-    def drop(_m: nn.Module, inp: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor]:
-        x = inp[0]
-        keep = torch.rand(x.shape, generator=g, device=g.device).to(x.device) >= rate
-        return (x * keep / (1.0 - rate),)
 
-    hooks = [m.register_forward_pre_hook(drop) for m in head.modules() if isinstance(m, nn.Linear)]
+def dropout_predictions(head: nn.Module, h: torch.Tensor, masks: list[torch.Tensor]) -> torch.Tensor:
+    """Labels [n, N] of the ``n`` MC-dropout passes of ``head`` on its inputs ``h`` [N, D]; every
+    ``nn.Linear`` sees its input through its masks. All passes run as one batch of n*N rows."""
+    n = masks[0].shape[0]
+    linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
+
+    def hook(mask: torch.Tensor):
+        def drop(_m: nn.Module, inp: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor]:
+            x = inp[0]
+            return ((x.view(n, -1, x.shape[-1]) * mask[:, None]).view_as(x),)
+        return drop
+
+    hooks = [m.register_forward_pre_hook(hook(mk)) for m, mk in zip(linears, masks, strict=True)]
     try:
         with torch.no_grad():
             out = head(h.repeat(n, 1)).argmax(-1)
@@ -94,6 +107,10 @@ class BayesianUncertainty(InputDetector):
         check_positive("rate_ae", self.rate_ae, upper=1)
         self.head_ = classifier_head(model)
         check_head(model, self.head_, clean.x[:64])
+        g = generator(self.seed)
+        self.masks_ = {st: dropout_masks(self.head_, self.n_samples,
+                                         self.rate if st == "backdoor" else self.rate_ae, g)
+                       for st in self._stages()}
         z = self.change_counts(model, clean.x)
         self.varsigma_ = {st: (default_varsigma(st, float(z[st].float().mean()) / self.n_samples)
                                if self.varsigma_h is None else float(self.varsigma_h))
@@ -104,11 +121,9 @@ class BayesianUncertainty(InputDetector):
         h = head_input(model, self.head_, x, 256)
         with torch.no_grad():
             y0 = self.head_(h).argmax(1)
-        g = generator(self.seed)
         out = {}
-        for st in self._stages():
-            rate = self.rate if st == "backdoor" else self.rate_ae
-            z = [dropout_predictions(self.head_, h[i : i + self.batch_size], rate, self.n_samples, g)
+        for st, masks in self.masks_.items():
+            z = [dropout_predictions(self.head_, h[i : i + self.batch_size], masks)
                  .ne(y0[None, i : i + self.batch_size]).sum(0) for i in range(0, len(h), self.batch_size)]
             out[st] = torch.cat(z)
         return out
