@@ -1,0 +1,325 @@
+"""Neural Cleanse: reverse-engineer a minimal trigger per label, flag an abnormally small one.
+
+Wang, Yao, Shan, Li, Viswanath, Zheng, Zhao. "Neural Cleanse: Identifying and Mitigating Backdoor
+Attacks in Neural Networks", IEEE S&P 2019.
+
+For every candidate target label t, a mask m (one value per pixel) and a pattern D are optimised
+so that stamping them on clean images, eq. (2) ``x' = (1 - m) * x + m * D``, makes the model
+predict t, with the smallest possible mask (eq. 3):
+``min_{m, D} CE(y_t, f(x')) + lambda * |m|_1``. The backdoor's target needs a much smaller mask
+than the other labels; a MAD outlier test (Sec. IV-C, :mod:`._stats`) finds it.
+
+Every candidate (label, or (source, target) pair in source-specific mode) is optimised at once:
+one parameter tensor of K masks [K,1,H,W] and K patterns [K,C,H,W], each Adam step evaluates the
+model on a [K*B] batch, and the adaptive cost lambda, best-so-far masks and early stopping are
+per-candidate vectors. ``per_label_loop=True`` runs the same program one candidate at a time
+(the reference the benchmark compares against).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..._registry import register
+from ...data import ImageData
+from ...errors import InputError
+from ...types import ScanResult
+from ...utils import generator
+from ._base import ModelDetector, ProgressFn
+from ._stats import MAD_CONSISTENCY, anomaly_index
+
+_EPS = 1e-7  # keeps tanh(.)/(2 - eps) + 0.5 strictly inside (0, 1) so atanh stays finite
+
+
+def _squash(p: torch.Tensor) -> torch.Tensor:
+    """The paper's tanh parametrisation: unconstrained -> (0, 1) (implementation details)."""
+    return torch.tanh(p) / (2 - _EPS) + 0.5
+
+
+def _unsquash(v: torch.Tensor) -> torch.Tensor:
+    return torch.atanh(((v - 0.5) * (2 - _EPS)).clamp(-1 + 1e-6, 1 - 1e-6))
+
+
+@register("model_detector", "neural_cleanse")
+class NeuralCleanse(ModelDetector):
+    """Neural Cleanse trigger reverse engineering + MAD outlier test (Wang et al. 2019).
+
+    Args:
+        epochs: maximum optimisation epochs (an epoch = ``steps_per_epoch`` Adam steps).
+        steps_per_epoch: Adam steps per epoch; None = one pass over the largest candidate pool.
+        batch_size: clean images per candidate and step (the model sees K * batch_size images).
+        lr: Adam learning rate (paper: 0.1, betas (0.5, 0.9)).
+        init_cost: initial lambda of eq. (3) (paper: 1e-3).
+        attack_succ_threshold: attack success needed for a mask to count (paper: 0.99).
+        patience: epochs above / below the threshold before lambda goes up / down (paper: 5).
+        cost_multiplier: lambda *= m when succeeding, /= m**1.5 when failing (paper: 1.5).
+        early_stop: stop a candidate once lambda has gone both up and down and its best mask
+            has not shrunk below ``early_stop_threshold`` times the best for
+            ``early_stop_patience`` epochs (paper: threshold 1.0, patience 5 * patience).
+        early_stop_threshold: see ``early_stop``.
+        early_stop_patience: see ``early_stop``; None = 5 * patience.
+        threshold: anomaly index above which the smallest norm is an outlier (paper: 2).
+        mode: ``"all_to_one"`` (one mask per target label, all other labels' images) or
+            ``"source_specific"`` (one mask per (source, target) pair on the source's images,
+            for partial backdoors).
+        fast_top_k: the paper's speed-up for many labels (Sec. VI-C, Fig. 5): after
+            ``fast_warmup`` epochs keep only the ``fast_top_k`` candidates with the smallest
+            masks, and stop when the ranking of their best half has been stable for
+            ``patience`` epochs; None = off.
+        fast_warmup: epochs before pruning to the top k.
+        per_label_loop: run the candidates one at a time (reference for the speed benchmark).
+        max_batch: most images per forward pass; larger K * batch_size is split in chunks.
+        seed: seed of the initial masks/patterns and the minibatch sampling.
+    """
+
+    def __init__(self, *, epochs: int = 100, steps_per_epoch: int | None = None, batch_size: int = 32,
+                 lr: float = 0.1, init_cost: float = 1e-3, attack_succ_threshold: float = 0.99,
+                 patience: int = 5, cost_multiplier: float = 1.5, early_stop: bool = True,
+                 early_stop_threshold: float = 1.0, early_stop_patience: int | None = None,
+                 threshold: float = 2.0, mode: str = "all_to_one", fast_top_k: int | None = None,
+                 fast_warmup: int = 10, per_label_loop: bool = False, max_batch: int = 8192,
+                 seed: int = 0) -> None:
+        self.epochs = epochs
+        self.steps_per_epoch = steps_per_epoch
+        self.batch_size = batch_size
+        self.lr = lr
+        self.init_cost = init_cost
+        self.attack_succ_threshold = attack_succ_threshold
+        self.patience = patience
+        self.cost_multiplier = cost_multiplier
+        self.early_stop = early_stop
+        self.early_stop_threshold = early_stop_threshold
+        self.early_stop_patience = early_stop_patience
+        self.threshold = threshold
+        self.mode = mode
+        self.fast_top_k = fast_top_k
+        self.fast_warmup = fast_warmup
+        self.per_label_loop = per_label_loop
+        self.max_batch = max_batch
+        self.seed = seed
+
+    @classmethod
+    def for_demo(cls) -> NeuralCleanse:
+        """Settings that finish in a few seconds on the 16x16 digits demo model.
+
+        A short budget: fewer, smaller epochs and a 10x larger initial cost so masks shrink fast.
+        """
+        return cls(epochs=60, steps_per_epoch=3, batch_size=24, patience=3, early_stop_patience=6,
+                   init_cost=1e-2)
+
+    # ------------------------------------------------------------------ checks and candidates
+    def _check_params(self) -> None:
+        if self.mode not in ("all_to_one", "source_specific"):
+            raise InputError(f"neural_cleanse mode must be 'all_to_one' or 'source_specific', got {self.mode!r}")
+        for k in ("epochs", "batch_size", "patience", "max_batch"):
+            if int(getattr(self, k)) < 1:
+                raise InputError(f"neural_cleanse {k} must be >= 1, got {getattr(self, k)}")
+        if not (self.init_cost > 0 and self.lr > 0 and self.cost_multiplier > 1):
+            raise InputError("neural_cleanse needs init_cost > 0, lr > 0 and cost_multiplier > 1")
+        if not 0 < self.attack_succ_threshold <= 1:
+            raise InputError("neural_cleanse attack_succ_threshold must be in (0, 1]")
+        if self.fast_top_k is not None and int(self.fast_top_k) < 2:
+            raise InputError("neural_cleanse fast_top_k must be >= 2 (or None)")
+
+    def _candidates(self, y: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(targets [K], sources [K] (-1 = all), pool [K, N] bool: the images each candidate uses)."""
+        present = torch.bincount(y, minlength=num_classes) > 0
+        if self.mode == "all_to_one":
+            if int(present.sum()) < 2:
+                raise InputError("neural_cleanse needs clean images of at least 2 classes")
+            t = torch.arange(num_classes, device=y.device)
+            s = torch.full_like(t, -1)
+            pool = y[None, :] != t[:, None]
+        else:
+            cls = torch.nonzero(present).flatten()
+            if cls.numel() < 2:
+                raise InputError("source-specific neural_cleanse needs clean images of at least 2 classes")
+            s, t = torch.cartesian_prod(cls, torch.arange(num_classes, device=y.device)).unbind(1)
+            keep = s != t
+            s, t = s[keep], t[keep]
+            pool = y[None, :] == s[:, None]
+        return t, s, pool
+
+    # ------------------------------------------------------------------ the batched program
+    def _reverse(self, model: nn.Module, x: torch.Tensor, targets: torch.Tensor, pool: torch.Tensor,
+                 g: torch.Generator, progress: ProgressFn | None, fast: bool) -> dict[str, torch.Tensor]:
+        """Optimise K masks/patterns at once (eq. 2-3 with the paper's adaptive lambda).
+
+        Args:
+            model: frozen classifier returning logits.
+            x: clean images [N, C, H, W].
+            targets: target label of each candidate [K].
+            pool: [K, N] bool, which images each candidate stamps.
+            g: generator for the initialisation and minibatches.
+            progress: optional callback.
+            fast: apply the top-k pruning / ranking-stability stop.
+
+        Returns:
+            dict of mask [K,1,H,W], pattern [K,C,H,W], l1 [K], reached [K] bool, cost [K],
+            epochs [K] (epochs each candidate ran), pruned [K] bool.
+        """
+        dev = x.device
+        k_all, (c, h, w) = targets.numel(), x.shape[1:]
+        b = int(self.batch_size)
+        sizes = pool.sum(1)
+        steps = int(self.steps_per_epoch or max(1, math.ceil(int(sizes.max()) / b)))
+        mask_p = _unsquash(torch.rand(k_all, 1, h, w, generator=g, device=g.device).to(dev)).requires_grad_()
+        pat_p = _unsquash(torch.rand(k_all, c, h, w, generator=g, device=g.device).to(dev)).requires_grad_()
+        opt = torch.optim.Adam([mask_p, pat_p], lr=self.lr, betas=(0.5, 0.9))
+        thr, pat = float(self.attack_succ_threshold), int(self.patience)
+        es_pat = int(self.early_stop_patience or 5 * pat)
+        up_mul, down_mul = float(self.cost_multiplier), float(self.cost_multiplier) ** 1.5
+        zeros = lambda dt=torch.long: torch.zeros(k_all, dtype=dt, device=dev)  # noqa: E731
+        cost = torch.full((k_all,), float(self.init_cost), device=dev)
+        up_cnt, down_cnt, es_cnt, ran = zeros(), zeros(), zeros(), zeros()
+        up_flag, down_flag, done, pruned = (zeros(torch.bool) for _ in range(4))
+        reg_best = torch.full((k_all,), math.inf, device=dev)
+        es_best = reg_best.clone()
+        best_mask = torch.zeros(k_all, 1, h, w, device=dev)
+        best_pat = torch.zeros(k_all, c, h, w, device=dev)
+        weights = pool.float()
+        replace = int(sizes.min()) < b
+        stable, last_top = 0, None
+        chunk = max(1, int(self.max_batch) // b)
+        for epoch in range(int(self.epochs)):
+            act = torch.nonzero(~done).flatten()
+            if act.numel() == 0:
+                break
+            acc_sum = torch.zeros(act.numel(), device=dev)
+            reg_sum = torch.zeros_like(acc_sum)
+            for _ in range(steps):
+                idx = torch.multinomial(weights[act].cpu(), b, replacement=replace, generator=_cpu(g)).to(dev)
+                opt.zero_grad(set_to_none=True)
+                for i in range(0, act.numel(), chunk):
+                    a, ix = act[i:i + chunk], idx[i:i + chunk]
+                    m, p = _squash(mask_p[a]), _squash(pat_p[a])
+                    xs = (1 - m[:, None]) * x[ix] + (m * p)[:, None]  # eq. (2), [Ka, B, C, H, W]
+                    logits = model(xs.flatten(0, 1)).view(a.numel(), b, -1)
+                    tgt = targets[a, None].expand(-1, b)
+                    ce = F.cross_entropy(logits.flatten(0, 1), tgt.flatten(), reduction="none").view(-1, b)
+                    reg = m.abs().flatten(1).sum(1)
+                    (ce.mean(1) + cost[a] * reg).sum().backward()  # eq. (3); candidates independent
+                    with torch.no_grad():
+                        acc_sum[i:i + chunk] += (logits.argmax(-1) == tgt).float().mean(1)
+                        reg_sum[i:i + chunk] += reg
+                opt.step()
+            with torch.no_grad():
+                acc, reg = acc_sum / steps, reg_sum / steps
+                ran[act] += 1
+                succ = acc >= thr
+                better = succ & (reg < reg_best[act])
+                upd = act[better]
+                best_mask[upd], best_pat[upd] = _squash(mask_p[upd]), _squash(pat_p[upd])
+                reg_best[upd] = reg[better]
+                # adaptive lambda (implementation details of the paper: patience, 1.5 / 1.5**1.5)
+                up_cnt[act] = torch.where(succ, up_cnt[act] + 1, 0)
+                down_cnt[act] = torch.where(succ, 0, down_cnt[act] + 1)
+                up = up_cnt[act] >= pat
+                down = ~up & (down_cnt[act] >= pat)
+                cost[act] = torch.where(up, cost[act] * up_mul, torch.where(down, cost[act] / down_mul, cost[act]))
+                up_cnt[act[up]] = 0
+                down_cnt[act[down]] = 0
+                up_flag[act[up]] = True
+                down_flag[act[down]] = True
+                if self.early_stop:
+                    rb, eb = reg_best[act], es_best[act]
+                    has = torch.isfinite(rb)
+                    es_cnt[act] = torch.where(has & (rb >= self.early_stop_threshold * eb), es_cnt[act] + 1,
+                                              torch.where(has, 0, es_cnt[act]))
+                    es_best[act] = torch.minimum(rb, eb)
+                    done[act] |= up_flag[act] & down_flag[act] & (es_cnt[act] >= es_pat)
+                if fast:
+                    stable, last_top = self._fast_step(epoch, mask_p, reg_best, done, pruned, stable, last_top)
+                if progress is not None:
+                    progress({"method": self.name, "epoch": epoch + 1, "epochs": int(self.epochs),
+                              "active": int((~done).sum()), "candidates": k_all})
+        with torch.no_grad():
+            reached = torch.isfinite(reg_best)
+            cur_m, cur_p = _squash(mask_p), _squash(pat_p)
+            mask = torch.where(reached[:, None, None, None], best_mask, cur_m)
+            pattern = torch.where(reached[:, None, None, None], best_pat, cur_p)
+        return {"mask": mask.detach(), "pattern": pattern.detach(), "l1": mask.flatten(1).sum(1),
+                "reached": reached, "cost": cost, "epochs": ran, "pruned": pruned}
+
+    def _fast_step(self, epoch: int, mask_p: torch.Tensor, reg_best: torch.Tensor, done: torch.Tensor,
+                   pruned: torch.Tensor, stable: int, last_top: set[int] | None) -> tuple[int, set[int] | None]:
+        """Paper Sec. VI-C: prune to the top-k labels after the warm-up, stop once ranking is stable."""
+        k = int(self.fast_top_k)  # type: ignore[arg-type]
+        norm = torch.where(torch.isfinite(reg_best), reg_best, _squash(mask_p).flatten(1).sum(1))
+        if epoch + 1 == int(self.fast_warmup) and norm.numel() > k:
+            order = torch.argsort(norm)
+            drop = order[k:]
+            pruned[drop] = True
+            done[drop] = True
+        if epoch + 1 < int(self.fast_warmup):
+            return stable, last_top
+        kept = torch.nonzero(~pruned).flatten()
+        # the paper's "overlap with the previous iteration": the best half of the kept labels
+        top = set(kept[torch.argsort(norm[kept])][: max(1, math.ceil(kept.numel() / 2))].tolist())
+        stable = stable + 1 if top == last_top and torch.isfinite(reg_best[kept]).all() else 0
+        if stable >= int(self.patience):
+            done[kept] = True
+        return stable, top
+
+    # ------------------------------------------------------------------ the scan
+    def _scan(self, model: nn.Module, clean: ImageData, num_classes: int,
+              progress: ProgressFn | None) -> ScanResult:
+        self._check_params()
+        x, y = clean.x, clean.y
+        targets, sources, pool = self._candidates(y, num_classes)
+        g = generator(self.seed)
+        fast = self.fast_top_k is not None
+        if self.per_label_loop:
+            parts = [self._reverse(model, x, targets[i:i + 1], pool[i:i + 1], g, progress, False)
+                     for i in range(targets.numel())]
+            res = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        else:
+            res = self._reverse(model, x, targets, pool, g, progress, fast)
+        l1 = res["l1"].cpu()
+        idx = anomaly_index(l1, side="small").float()  # Sec. IV-C, small side = suspicious
+        extra: dict[str, Any] = {
+            "mode": self.mode, "reached_threshold": res["reached"].cpu().tolist(),
+            "final_cost": res["cost"].cpu().tolist(), "epochs_run": res["epochs"].cpu().tolist(),
+            "mad_consistency": MAD_CONSISTENCY,
+        }
+        if fast:
+            extra["pruned"] = res["pruned"].cpu().tolist()
+        trigger = {"mask": res["mask"].cpu(), "pattern": res["pattern"].cpu()}
+        if self.mode == "all_to_one":
+            i = int(torch.argmin(l1))
+            stat = float(idx[i])
+            flagged = stat > self.threshold
+            return ScanResult(method=self.name, backdoored=flagged, target=i if flagged else None,
+                              sources=[], statistic=stat, anomaly_index=stat, threshold=self.threshold,
+                              per_class={"mask_l1": l1.tolist(), "anomaly_index": idx.tolist()},
+                              trigger=trigger, extra={**extra, "candidate_target": i})
+        # source-specific: MAD over all (source, target) pairs; the target of the smallest pair,
+        # its sources = every pair into that target that is itself an outlier.
+        t, s = targets.cpu(), sources.cpu()
+        i = int(torch.argmin(l1))
+        stat = float(idx[i])
+        flagged = stat > self.threshold
+        tgt = int(t[i])
+        srcs = sorted(int(v) for v in s[(t == tgt) & (idx > self.threshold)]) if flagged else []
+        per_target_l1 = torch.full((num_classes,), math.inf)
+        per_target_l1.scatter_reduce_(0, t, l1, reduce="amin")
+        per_target_idx = torch.full((num_classes,), -math.inf)
+        per_target_idx.scatter_reduce_(0, t, idx, reduce="amax")
+        extra["pairs"] = torch.stack([s, t], 1).tolist()
+        extra["pair_mask_l1"] = l1.tolist()
+        extra["pair_anomaly_index"] = idx.tolist()
+        return ScanResult(method=self.name, backdoored=flagged, target=tgt if flagged else None,
+                          sources=srcs, statistic=stat, anomaly_index=stat, threshold=self.threshold,
+                          per_class={"mask_l1": per_target_l1.tolist(), "anomaly_index": per_target_idx.tolist()},
+                          trigger=trigger, extra={**extra, "candidate_target": tgt})
+
+
+def _cpu(g: torch.Generator) -> torch.Generator:
+    if g.device.type != "cpu":  # pragma: no cover - generator() always builds CPU generators here
+        raise InputError("neural_cleanse samples minibatches with a CPU generator")
+    return g
