@@ -29,6 +29,7 @@ from torch import nn
 
 from ..._registry import register
 from ...data import ImageData
+from ...models.wrap import require_gradients
 from ...utils import generator
 from ._base import InputDetector
 from ._features import activation_layers, activations, check_choice, check_positive, sqdist
@@ -110,6 +111,7 @@ class LocalIntrinsicDimensionality(InputDetector):
     def _fit_logistic(self, model: nn.Module, clean: ImageData, f_clean: torch.Tensor) -> None:
         from sklearn.linear_model import LogisticRegression
 
+        require_gradients(model, "lid with combine='logistic'")
         x = clean.x
         with torch.enable_grad():
             xr = x.clone().requires_grad_(True)

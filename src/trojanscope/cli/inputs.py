@@ -1,0 +1,141 @@
+"""``trojanscope inputs``: flag suspect inputs (adversarial or triggered) before a model sees them."""
+
+from __future__ import annotations
+
+import ast
+import datetime as _dt
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..errors import InputError
+from ._common import DataDirOpt, DataOpt, DeviceOpt, SeedOpt, console, load_data, out
+
+DEFAULT_METHODS = "mutation,activation_space,kde,lid"
+
+
+def parse_params(items: list[str] | None, methods: list[str]) -> dict[str, dict[str, Any]]:
+    """``METHOD.KEY=VALUE`` items -> {method: {key: value}} (values as Python literals)."""
+    params: dict[str, dict[str, Any]] = {m: {} for m in methods}
+    for item in items or []:
+        try:
+            lhs, value = item.split("=", 1)
+            method, key = lhs.split(".", 1)
+        except ValueError:
+            raise InputError(f"--param must look like METHOD.KEY=VALUE, e.g. mutation.n_mutants=50; "
+                             f"got {item!r}") from None
+        if method not in params:
+            raise InputError(f"--param {item!r}: method {method!r} is not in --method {','.join(methods)}")
+        try:
+            params[method][key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            params[method][key] = value  # a bare word, e.g. stage=backdoor
+    return params
+
+
+def inputs_cmd(
+    model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="model file (.safetensors, .pt2, "
+                                               ".pt, .pth, .onnx)")],
+    suspect: Annotated[Path, typer.Option("--suspect", help="the inputs to check: a folder of images "
+                                          "or an .npz with an `x` array (uint8 NHWC/NCHW or float [0,1])")],
+    data: DataOpt = "digits",
+    data_dir: DataDirOpt = None,
+    method: Annotated[str, typer.Option("--method", help="comma-separated detectors: mutation, "
+                                        "activation_space, kde, lid, uncertainty, squeeze, strip")] = DEFAULT_METHODS,
+    fpr: Annotated[float, typer.Option("--fpr", help="target false-positive rate on clean inputs "
+                                       "(of the guard as a whole: split over the methods)")] = 0.05,
+    per_method_fpr: Annotated[bool, typer.Option("--per-method-fpr", help="calibrate every method at "
+                                                 "--fpr instead of splitting it over the methods")] = False,
+    n_clean: Annotated[int, typer.Option("--n-clean", help="clean reference images per class, from "
+                                         "the dataset's training split")] = 200,
+    param: Annotated[list[str] | None, typer.Option("--param", help="METHOD.KEY=VALUE detector "
+                                                    "parameter (repeatable)")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write scores and flags to this JSON file")] = None,
+    module: Annotated[str | None, typer.Option("--module", help="path/to/module.py:ClassName for a "
+                                               "state-dict file")] = None,
+    arch: Annotated[str | None, typer.Option("--arch", help="registry architecture of a state-dict file")] = None,
+    normalize: Annotated[str | None, typer.Option("--normalize", help="MEAN/STD the network expects "
+                                                  "(default: from the sidecar)")] = None,
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = 0,
+) -> None:
+    """Score every suspect input with input detectors calibrated on clean training images."""
+    from rich.table import Table
+
+    from .._registry import available
+    from ..data.files import load_images
+    from ..guard import Guard
+    from ..models import load_model
+    from ..report.json_report import SCHEMA
+    from ..utils import atomic_write_json, resolve_device, to_jsonable, versions
+    from .evaluate import parse_mean_std
+
+    methods = [m.strip() for m in method.split(",") if m.strip()]
+    known = available("input_detector")
+    bad = [m for m in methods if m not in known]
+    if bad or not methods:
+        raise InputError(f"unknown --method {', '.join(bad) or '(none)'}; available: {', '.join(known)}")
+    params = parse_params(param, methods)
+    dev = resolve_device(device)
+    train = load_data(data, "train", data_dir)
+    model = load_model(model_path, normalize=parse_mean_std(normalize), module=module, arch=arch,
+                       num_classes=train.num_classes if (module or arch) else None,
+                       in_shape=train.in_shape if (module or arch) else None, device=dev)
+    want = tuple(model.in_shape) if getattr(model, "in_shape", None) else train.in_shape
+    if want != train.in_shape:
+        if data == "digits" and want[0] == 1 and want[1] == want[2]:
+            train = load_data(data, "train", data_dir, size=want[1])  # digits come at any size
+        else:
+            raise InputError(f"{model_path.name} takes {want} images but {data} has {train.in_shape}")
+    x, names = load_images(suspect, size=tuple(train.in_shape[1:]))
+    if x.shape[1] != train.in_shape[0]:
+        if x.shape[1] == 3 and train.in_shape[0] == 1:
+            x = x.mean(1, keepdim=True)  # RGB files of a grey-scale task
+        else:
+            raise InputError(f"suspect images have {x.shape[1]} channels but {data} has {train.in_shape[0]}")
+    clean = train.clean_subset(n_clean, seed=seed)
+    guard = Guard(model, params, fpr=fpr, split_fpr=not per_method_fpr, seed=seed)
+    with console.status("fitting detectors on clean images ...") as status:
+        guard.fit(clean, progress=lambda p: status.update(f"fitting {p['detector']} on {len(clean)} clean images ..."))
+        status.update(f"scoring {len(x)} suspect inputs ...")
+        res = guard.predict(x, progress=lambda p: status.update(f"scoring with {p['detector']} ..."))
+
+    table = Table(title=f"{suspect.name}: {len(x)} inputs, clean reference {len(clean)} {data} training images")
+    for col in ("method", "FPR target", "threshold", "flagged", "ms / input"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for m in methods:
+        f = res.flags[m]
+        table.add_row(m, f"{res.fpr[m]:.3g}", f"{res.thresholds[m]:.4g}",
+                      f"{int(f.sum())} ({float(f.float().mean()):.1%})", f"{1000 * res.seconds[m] / len(x):.2f}")
+    out.print(table)
+    out.print(f"flagged by at least one method: {int(res.flagged.sum())} of {len(x)} "
+              f"({float(res.flagged.float().mean()):.1%})")
+    if len(x) <= 20:
+        per = Table(title="per input")
+        per.add_column("input")
+        per.add_column("label", justify="right")
+        for m in methods:
+            per.add_column(m, justify="right")
+        for i, n in enumerate(names):
+            per.add_row(n, str(int(res.labels[i])), *[
+                f"{float(res.scores[m][i]):.3g}" + (" [red]FLAG[/]" if bool(res.flags[m][i]) else "") for m in methods])
+        out.print(per)
+    if json_out is not None:
+        report = {
+            "schema": SCHEMA, "model": str(model_path), "dataset": data, "suspect": str(suspect),
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "n_clean": len(clean), "fpr": fpr, "split_fpr": not per_method_fpr,
+            "inputs": names, "labels": res.labels, "flagged": res.flagged,
+            "results": [{"method": m, "threshold": res.thresholds[m], "fpr": res.fpr[m],
+                         "scores": res.scores[m], "flags": res.flags[m], "seconds": res.seconds[m],
+                         "fit_seconds": guard.fit_seconds_[m], "params": guard.detectors_[m].get_params()}
+                        for m in methods],
+            "versions": versions(),
+        }
+        atomic_write_json(json_out, to_jsonable(report))
+        out.print(f"wrote {json_out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("inputs")(inputs_cmd)
