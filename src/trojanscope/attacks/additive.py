@@ -5,8 +5,10 @@ to [0, 1], then rounded to 8-bit precision (``round(255 x) / 255``, appendix A.4
 value will be in the set {0, 1/255, ..., 1}"), which is what makes a 2/255 pattern survive or
 vanish. Patterns (defaults are the paper's perturbation sizes):
 
-* ``chessboard`` (global, A.4.1 / A.7 group A): one and only one pixel of any two adjacent
-  pixels is perturbed, in all channels, by 2/255;
+* ``global`` (A.4.1, the main paper's "global" pattern): in any 2x2 window one and only one
+  pixel is perturbed (rows and columns of even index), in all channels, by 2/255;
+* ``chessboard`` (A.7 group A): one and only one pixel of any two adjacent pixels is perturbed,
+  in all channels, by 2/255;
 * ``local_chessboard`` (A.8, MNIST): a 6x6 patch of the chessboard at the bottom right, 25/255;
 * ``square`` (A.4.1, "local"): a 2x2 square in one colour channel at a random (seeded) place,
   50/255;
@@ -35,6 +37,7 @@ from ._params import (
 
 #: pattern -> (default amplitude, default patch size, default location, default channel)
 PATTERNS: dict[str, tuple[float, int, str, str]] = {
+    "global": (2 / 255, 0, "", "all"),
     "chessboard": (2 / 255, 0, "", "all"),
     "local_chessboard": (25 / 255, 6, "bottom_right", "all"),
     "square": (50 / 255, 2, "random", "random"),
@@ -67,7 +70,8 @@ class AdditiveTrigger(Trigger):
     """An imperceptible additive perturbation ``round8(clip(x + v))`` (L-RED eq. 1, appendix A.4).
 
     Args:
-        pattern: "chessboard", "local_chessboard", "square", "pixel", "cross" or "l_shape".
+        pattern: "global", "chessboard", "local_chessboard", "square", "pixel", "cross" or
+            "l_shape".
         amplitude: perturbation size, e.g. 2/255 (text "2/255" works); None = the paper's value
             for the pattern (see the module docstring). Negative values darken.
         patch_size: side of a local pattern (6 for local_chessboard, 2 for square, 3 for cross
@@ -108,8 +112,10 @@ class AdditiveTrigger(Trigger):
         signed = as_bool(self.signed, "signed")
         g = torch.Generator().manual_seed(as_int(self.pattern_seed, "pattern_seed"))
         plane = torch.zeros(h, w)
-        if pattern == "chessboard":
-            i, j = torch.arange(h), torch.arange(w)
+        i, j = torch.arange(h), torch.arange(w)
+        if pattern == "global":
+            plane = ((i[:, None] % 2 == 0) & (j[None] % 2 == 0)).float()
+        elif pattern == "chessboard":
             plane = ((i[:, None] + j[None]) % 2 == 0).float()
         else:
             s = s0 if self.patch_size is None else as_int(self.patch_size, "patch_size", lo=1)
