@@ -66,6 +66,8 @@ def test_finds_target_and_its_trigger(backdoor, clean_few, finetuned, detector):
     assert len(r.per_class["ratio_pred"]) == 10 and min(r.per_class["ratio_pred"]) > 0.5
     json.dumps(r.to_dict())  # the reference module is reported by name, not dumped
     assert r.params["reference"] == type(ref).__name__
+    figs = BiasMaps.figures(r)  # the report's method-figure hook
+    assert len(figs) == 2 and all(png.startswith(b"\x89PNG") for _, png in figs)
 
 
 def test_clean_finetune_not_flagged(backdoor, clean_few, finetuned, detector):
@@ -91,6 +93,8 @@ def test_algorithm_two_lights_up_target_column(backdoor, clean_few, finetuned):
     assert int(torch.tensor(r.per_class["distance"]).argmax()) == backdoor["target"]
     assert r.trigger["pair_maps"].shape == (100, *backdoor["train"].in_shape)
     assert backdoor["target"] not in r.sources
+    caps = [cap for cap, _ in BiasMaps.figures(r)]
+    assert any("Algorithm II" in c for c in caps)
 
 
 def test_without_reference_is_labelled_weaker(backdoor, clean_few):

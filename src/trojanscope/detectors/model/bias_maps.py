@@ -127,6 +127,13 @@ class BiasMaps(ModelDetector):
         """The demo has no reference model: reference-free, small, a few seconds on a CPU."""
         return cls(inputs="data", n_samples=64, iterations=10, eps=0.1)
 
+    @staticmethod
+    def figures(result: ScanResult) -> list[tuple[str, bytes]]:
+        """The report's figures of a scan: bias-map grid, distances, Algorithm II grid."""
+        from ...report.figures_bias import result_figures
+
+        return result_figures(result)
+
     # ------------------------------------------------------------------ checks and inputs
 
     def _check_params(self) -> None:
