@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..._registry import register
+from ..._registry import create, register
 from ...data import ImageData
 from ...models.wrap import require_gradients
 from ...utils import generator
@@ -113,11 +113,8 @@ class LocalIntrinsicDimensionality(InputDetector):
 
         require_gradients(model, "lid with combine='logistic'")
         x = clean.x
-        with torch.enable_grad():
-            xr = x.clone().requires_grad_(True)
-            loss = nn.functional.cross_entropy(model(xr), self.labels_)
-            (grad,) = torch.autograd.grad(loss, xr)
-        x_adv = (x + self.eps * grad.sign()).clamp(0, 1)
+        fgsm = create("evasion", "fgsm", eps=self.eps, batch_size=self.batch_size)
+        x_adv = fgsm.run(model, x, self.labels_)
         g = generator(self.seed, "cpu")
         noise = (torch.rand(x.shape, generator=g) * 2 - 1).to(x) * self.eps
         x_noisy = (x + noise).clamp(0, 1)
