@@ -20,7 +20,7 @@ import torch
 
 from .feasible import FeasibleSet
 from .solver import worst_point
-from .svm import hinge, hinge_grad
+from .svm import margins
 
 _LABELS = (-1.0, 1.0)  # row 0 of a stacked feasible set is y = -1, row 1 is y = +1
 
@@ -76,6 +76,7 @@ class Alg1Run:
         upper: ``U*`` of this run, [P].
         regret_bound: the dual-averaging regret bound ``lambda_T rho^2 / 2 +
             sum_t ||g_t||^2 / (2 lambda_{t-1})``, [P].
+        weight: attack points each candidate point stands for, ``eps n / T`` (1 when T = eps n).
     """
 
     clean_loss: torch.Tensor
@@ -84,6 +85,7 @@ class Alg1Run:
     y_p: torch.Tensor
     upper: torch.Tensor
     regret_bound: torch.Tensor
+    weight: float = 1.0
 
 
 def algorithm1(
@@ -127,7 +129,8 @@ def algorithm1(
     xs = torch.empty(P, steps, D, dtype=dt)
     ys = torch.empty(P, steps, dtype=dt)
     reg = torch.zeros(P, dtype=dt)
-    ones = torch.ones_like(y) / n
+    xa = torch.cat([x, torch.ones(n, 1, dtype=dt)], dim=1)
+    act_prev = None
     if data_dependent:
         member = torch.stack([(y < 0), (y > 0)], dim=1).to(dt)  # [P, 2, n]
         sums = member @ x  # [P, 2, D]
@@ -140,8 +143,20 @@ def algorithm1(
             diff = mu - mu.flip(1)
             normal = diff / diff.norm(dim=-1, keepdim=True).clamp(min=1e-300)
         xt, yt, bt = sets.worst(theta, mu, normal)
-        at = hinge(theta, x, y).mean(1)
-        g = hinge_grad(theta, x, y, ones)
+        m = margins(theta, x, y)  # the one [n, D] product of the step
+        at = (1 - m).clamp(min=0).mean(1)
+        act = m < 1
+        # clean gradient -(1/n) sum_{active} y_i (x_i, 1): consecutive iterates are close, so
+        # only the few points whose hinge switched on/off are added or removed (full refresh
+        # every 256 steps against round-off drift)
+        if act_prev is None or t % 256 == 0:
+            gsum = (act.to(dt) * y) @ xa
+        else:
+            cols = (act != act_prev).any(0).nonzero().flatten()
+            if cols.numel():
+                gsum = gsum + ((act[:, cols].to(dt) - act_prev[:, cols].to(dt)) * y[:, cols]) @ xa[cols]
+        act_prev = act
+        g = -gsum / n
         active = (bt > 0).to(dt)[:, None]
         g = g - eps * active * yt[:, None] * torch.cat([xt, torch.ones(P, 1, dtype=dt)], dim=1)
         a_hist[:, t], b_hist[:, t], xs[:, t], ys[:, t] = at, bt, xt, yt
@@ -155,4 +170,4 @@ def algorithm1(
             counts[ar, j] += 1
     reg += lam * rho * rho / 2
     upper = (a_hist + eps * b_hist).min(1).values
-    return Alg1Run(a_hist, b_hist, xs, ys, upper, reg)
+    return Alg1Run(a_hist, b_hist, xs, ys, upper, reg, weight=eps * n / steps)

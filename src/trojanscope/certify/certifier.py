@@ -41,6 +41,10 @@ class Certifier:
         box: ``(lo, hi)`` of every feature (``(0, 1)`` for pixels) or None.
         data_dependent: also run the modified Algorithm 1 against the data-dependent sanitiser
             (centroids from clean + poisoned data) and add its rows (no guarantee: see bound.py).
+        max_steps: cap on Algorithm 1's steps T (None: ``T = eps n`` as in the paper). With a cap,
+            each candidate point stands for ``eps n / T`` attack points (a weight in training);
+            Proposition 1 then holds with ``Regret(T) / T`` (the average of the T online losses is
+            the same objective), the bound stays valid, only the regret gap is looser.
         train_iters: FISTA iterations of every SVM training.
         smoothing: hinge smoothing of the trainer.
     """
@@ -54,7 +58,8 @@ class Certifier:
         eta: float = 0.1,
         box: tuple[float, float] | None = (0.0, 1.0),
         data_dependent: bool = False,
-        train_iters: int = 1500,
+        max_steps: int | None = None,
+        train_iters: int = 800,
         smoothing: float = 1e-3,
     ) -> None:
         self.defense = defense
@@ -63,16 +68,18 @@ class Certifier:
         self.eta = eta
         self.box = box
         self.data_dependent = data_dependent
+        self.max_steps = max_steps
         self.train_iters = train_iters
         self.smoothing = smoothing
 
     def _params(self) -> dict:
         return {"defense": canonical_defense(self.defense), "percentile": self.percentile, "rho": self.rho,
-                "eta": self.eta, "box": self.box, "data_dependent": self.data_dependent}
+                "eta": self.eta, "box": self.box, "data_dependent": self.data_dependent,
+                "max_steps": self.max_steps}
 
-    def _train(self, x, y, weights, theta0=None):
+    def _train(self, x, y, weights, theta0=None, iters=None):
         return train_svm(x, y, rho=self.rho, weights=weights, smoothing=self.smoothing,
-                         iters=self.train_iters, theta0=theta0)
+                         iters=iters or self.train_iters, theta0=theta0)
 
     def certify(
         self,
@@ -131,16 +138,16 @@ class Certifier:
         n = X.shape[0]
         log(f"{defense}: n={n}, D={X.shape[1]}, problems={len(positives)}")
 
-        theta_clean = self._train(X, Y, None)
+        theta_clean = self._train(X, Y, None, iters=2 * self.train_iters)  # the warm start of all
         pool_a = [hinge(theta_clean, X, Y).mean(1, keepdim=True)]
         pool_b = [stacked.worst(theta_clean)[2][:, None]]
         runs: dict[float, Alg1Run] = {}
         for e in sorted(set(eps)):
-            T = round(e * n)
+            T = self._steps(e, n)
             if T == 0:
                 continue
             t0 = time.perf_counter()
-            runs[e] = algorithm1(X, Y, stacked, steps=T, eps=T / n, rho=self.rho, eta=self.eta)
+            runs[e] = algorithm1(X, Y, stacked, steps=T, eps=round(e * n) / n, rho=self.rho, eta=self.eta)
             pool_a.append(runs[e].clean_loss)
             pool_b.append(runs[e].worst_loss)
             log(f"{defense} eps={e}: {T} steps of Algorithm 1 in {time.perf_counter() - t0:.1f}s")
@@ -153,10 +160,10 @@ class Certifier:
             out += self._rows(defense, e, n, positives, upper, ev, runs.get(e), cls)
         if self.data_dependent:
             for e in eps:
-                T = round(e * n)
+                T = self._steps(e, n)
                 run = None
                 if T:
-                    run = algorithm1(X, Y, stacked, steps=T, eps=T / n, rho=self.rho, eta=self.eta,
+                    run = algorithm1(X, Y, stacked, steps=T, eps=round(e * n) / n, rho=self.rho, eta=self.eta,
                                      data_dependent=True)
                 ev = self._evaluate(X, Y, Xt, Yt, sets, run, theta_clean, data_dependent=True)
                 if e in runs:  # the oracle's candidate attack against the data-dependent sanitiser
@@ -167,6 +174,10 @@ class Certifier:
                 out += self._rows(f"{defense} (data-dependent)", e, n, positives, upper, ev, run, cls)
                 log(f"{defense} data-dependent eps={e} done")
         return out
+
+    def _steps(self, e: float, n: int) -> int:
+        T = round(e * n)
+        return T if self.max_steps is None else min(T, int(self.max_steps))
 
     def _evaluate(self, X, Y, Xt, Yt, sets: list[FeasibleSet], run: Alg1Run | None, theta_clean,
                   *, data_dependent: bool) -> dict:
@@ -180,7 +191,7 @@ class Certifier:
             xa = torch.cat([X, run.x_p.reshape(P * T, -1)])
             own = torch.zeros(P, P * T, dtype=X.dtype)
             for p in range(P):  # each problem sees only its own poison block
-                own[p, p * T:(p + 1) * T] = 1
+                own[p, p * T:(p + 1) * T] = run.weight  # eps n / T attack points per candidate
             ya = torch.cat([Y, run.y_p.repeat(1, P)], dim=1)
             w_all = torch.cat([torch.ones_like(Y), own], dim=1)
             is_p = torch.cat([torch.zeros(n, dtype=torch.bool), torch.ones(P * T, dtype=torch.bool)])
@@ -193,7 +204,7 @@ class Certifier:
         theta_tilde = theta_clean if run is None else self._train(xa, ya, w_all, theta_clean)
         lower = (hinge(theta_tilde, xa, ya) * w_all).sum(1) / n
         theta_hat = self._train(xa, ya, w_all * kept, theta_tilde)
-        n_p = (w_all[:, is_p] > 0).sum(1).clamp(min=1)
+        n_p = (w_all[:, is_p] > 0).sum(1).clamp(min=1)  # distinct candidate points
         return {
             "lower": lower,
             "test_loss": hinge(theta_hat, Xt, Yt).mean(1),
@@ -211,19 +222,19 @@ class Certifier:
                 "class": int(k) if len(cls) > 2 else None,
                 "classes": cls if len(cls) == 2 else [int(k), "rest"],
                 "n": n,
-                "n_poison": 0 if run is None else int(run.x_p.shape[1]),
+                "n_poison": 0 if run is None else round(run.weight * run.x_p.shape[1]),
+                "steps": 0 if run is None else int(run.x_p.shape[1]),
                 "attack_loss_unsanitized": float(ev["test_loss_unsanitized"][p]),
                 "attack_error_unsanitized": float(ev["test_error_unsanitized"][p]),
                 "clean_kept": float(ev["clean_kept"][p]),
             }
             if run is not None:
-                T = run.x_p.shape[1]
-                u_t = run.clean_loss[p] + (T / n) * run.worst_loss[p]
+                u_t = run.clean_loss[p] + (run.weight * run.x_p.shape[1] / n) * run.worst_loss[p]
                 extra.update({
                     "upper_bound_alg1": float(run.upper[p]),
                     "poison_kept": float(ev["poison_kept"][p]),
                     "regret_per_step": float(u_t.mean() - ev["lower"][p]),
-                    "regret_bound_per_step": float(run.regret_bound[p] / T),
+                    "regret_bound_per_step": float(run.regret_bound[p] / run.x_p.shape[1]),
                     "distinct_attack_points": int(torch.unique(run.x_p[p], dim=0).shape[0]),
                     "attack_labels_positive": float((run.y_p[p] > 0).double().mean()),
                 })

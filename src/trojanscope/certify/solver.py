@@ -129,11 +129,11 @@ def worst_point(
     b = (hi_t - mu).clamp(min=0)
     u0 = _ball_box_min(c, a, b, radius)
     if slab is None:
-        return mu + u0
+        return torch.minimum(torch.maximum(mu + u0, lo_t), hi_t)  # mu + (hi - mu) may round past hi
     p0 = (u0 * normal).sum(-1)
     ok = p0.abs() <= slab
     if bool(ok.all()):
-        return mu + u0
+        return torch.minimum(torch.maximum(mu + u0, lo_t), hi_t)
     sign = torch.where(p0 >= 0, 1.0, -1.0).to(c.dtype)
     c_hat = c / c.norm(dim=-1, keepdim=True).clamp(min=1e-300)
     sv = sign.unsqueeze(-1) * normal
@@ -164,4 +164,4 @@ def worst_point(
     lam = ((slab - p_hi) / (p_lo - p_hi).clamp(min=1e-300)).clamp(0, 1)
     lam = torch.where(p_lo > slab, lam, torch.ones_like(lam))
     u_face = lam.unsqueeze(-1) * u_lo + (1 - lam).unsqueeze(-1) * u_hi
-    return mu + torch.where(ok.unsqueeze(-1), u0, u_face)
+    return torch.minimum(torch.maximum(mu + torch.where(ok.unsqueeze(-1), u0, u_face), lo_t), hi_t)
