@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from trojanscope import InputError
 from trojanscope.cli.main import app, main
 from trojanscope.cli.train import parse_params, parse_value
-from trojanscope.models import load_model
+from trojanscope.models import load_model, sidecar_path
 
 runner = CliRunner()
 
@@ -71,7 +71,7 @@ def test_clean_normalised_training_to_onnx(tmp_path):
     res = runner.invoke(app, ["train", "--data", "digits", "--arch", "small_cnn", "--epochs", "3", "--lr", "0.05",
                               "--normalize", "data", "--out", str(out)])
     assert res.exit_code == 0, res.output + repr(res.exception)
-    side = json.loads(out.with_suffix(".json").read_text())
+    side = json.loads(sidecar_path(out).read_text())
     assert side["attack"] is None and side["normalization_inside"] and side["mean"][0] > 0.1
     assert load_model(out).forward_only
 

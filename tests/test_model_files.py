@@ -232,3 +232,17 @@ def test_saving_errors(tmp_path):
     path = save_model(Plain(), tmp_path / "p.pt2", in_shape=SHAPE)
     m = load_model(path)
     assert m.num_classes == 3 and m.in_shape == SHAPE
+
+
+def test_formats_side_by_side_keep_their_sidecars(tmp_path, net, x):
+    a = save_model(net, tmp_path / "m.pt2", mean=MEAN, std=STD, metadata={"attack": {"target": 3}})
+    m = load_model(a)
+    b = save_model(m, tmp_path / "m.onnx", metadata={"metrics": {"cta": 0.5}})
+    assert sidecar_path(a) != sidecar_path(b)
+    assert load_model(a).metadata["file"] == "m.pt2"
+    side_b = load_model(b).metadata
+    # descriptive entries carry over to a re-saved model, metrics only when given
+    assert side_b["attack"] == {"target": 3} and side_b["derived_from"] == "m.pt2"
+    assert side_b["metrics"] == {"cta": 0.5}
+    with torch.no_grad():  # the normalisation inside the .pt2 program went into the .onnx graph
+        torch.testing.assert_close(load_model(b)(x), _reference(net, x), rtol=1e-4, atol=1e-4)

@@ -59,6 +59,8 @@ def evaluate_cmd(
     model = load_model(model_path, normalize=parse_mean_std(normalize), module=module, arch=arch,
                        num_classes=test.num_classes if (module or arch) else None,
                        in_shape=test.in_shape if (module or arch) else None, device=dev)
+    if model.in_shape is None:  # e.g. TorchScript without a sidecar: the data tells the shape
+        model = load_model(model_path, normalize=parse_mean_std(normalize), in_shape=test.in_shape, device=dev)
     spec: dict[str, Any] | None
     recorded = model.metadata.get("attack")
     if attack is None and target is None and isinstance(recorded, dict) and recorded.get("name"):

@@ -175,7 +175,7 @@ def train_cmd(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..attacks import PoisoningAttack
-    from ..models import create_model, save_model, wrap_model
+    from ..models import create_model, save_model, sidecar_path, wrap_model
     from ..models.io import _format_of
     from ..train import train
     from ..utils import resolve_device
@@ -233,7 +233,7 @@ def train_cmd(
                      "seconds": round(time.perf_counter() - t0, 2)},
     }
     save_model(model.cpu(), out_path, metadata=json.loads(json.dumps(meta, default=str)))
-    out.print(f"wrote {out_path} (+ {out_path.with_suffix('.json').name})")
+    out.print(f"wrote {out_path} (+ {sidecar_path(out_path).name})")
 
 
 def register(app: typer.Typer) -> None:

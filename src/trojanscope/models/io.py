@@ -8,7 +8,7 @@
 | ``.pt`` / ``.pth`` state dict | ``torch.save(model.state_dict())`` | ``torch.load(weights_only=True)`` + ``module=`` or ``arch=`` |
 | ``.onnx`` | ONNX graph (normalisation inside) | onnxruntime, forward only |
 
-Every format may have a ``<stem>.json`` sidecar (``save_model`` writes one for each); a loaded
+Every format may have a JSON sidecar (:func:`sidecar_path`) (``save_model`` writes one for each); a loaded
 model is a :class:`~trojanscope.models.wrap.WrappedModel` taking [0, 1] images. Nothing here
 unpickles code: state dicts are read with ``weights_only=True`` always.
 """
@@ -40,11 +40,16 @@ from .wrap import Normalize, WrappedModel, unwrap, wrap_model
 SIDECAR_FORMAT = "trojanscope-model"
 SIDECAR_VERSION = 1
 SUFFIXES = (".safetensors", ".pt2", ".pt", ".pth", ".onnx")
+_CARRIED = ("class_names", "dataset", "attack", "training")
 
 
 def sidecar_path(path: str | Path) -> Path:
-    """``model.safetensors`` -> ``model.json``."""
-    return Path(path).with_suffix(".json")
+    """``model.safetensors`` -> ``model.json``; other formats ``model.pt2`` -> ``model.pt2.json``.
+
+    (So that ``model.pt2`` and ``model.onnx`` side by side keep their own sidecars.)
+    """
+    path = Path(path)
+    return path.with_suffix(".json") if path.suffix.lower() == ".safetensors" else path.with_name(path.name + ".json")
 
 
 # --------------------------------------------------------------------------------------------
@@ -102,12 +107,20 @@ def save_model(model: nn.Module, path: str | Path, *, mean: Sequence[float] | No
     else:
         if in_shape is None:
             raise InputError(f"saving as {fmt} needs the input shape: pass in_shape=(C, H, W)")
-        wrapped = _Exportable(copy.deepcopy(net), mean, std).eval()
+        with warnings.catch_warnings():  # deep-copying a torch.export module warns (torch 2.13)
+            warnings.simplefilter("ignore", FutureWarning)
+            wrapped = _Exportable(copy.deepcopy(net), mean, std).eval()
         example = torch.rand(2, *in_shape, generator=torch.Generator().manual_seed(0)).to(
             next((p.device for p in wrapped.parameters()), torch.device("cpu")))
         with atomic_path(path) as tmp:
             _export(wrapped, example, tmp, fmt)
-    side: dict[str, Any] = dict(metadata or {})
+    side: dict[str, Any] = {}
+    if isinstance(model, WrappedModel):
+        # what stays true of a re-saved model; metrics are not carried (the caller gives new ones)
+        side = {k: model.metadata[k] for k in _CARRIED if k in model.metadata}
+        if model.metadata.get("file"):
+            side["derived_from"] = model.metadata["file"]
+    side.update(metadata or {})
     side.update({
         "format": SIDECAR_FORMAT, "format_version": SIDECAR_VERSION, "file": path.name, "file_format": fmt,
         "arch": arch, "num_classes": num_classes, "in_shape": list(in_shape) if in_shape else None,
@@ -115,8 +128,6 @@ def save_model(model: nn.Module, path: str | Path, *, mean: Sequence[float] | No
         "normalization_inside": inside, "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": versions(),
     })
-    if "class_names" not in side and isinstance(model, WrappedModel) and "class_names" in model.metadata:
-        side["class_names"] = model.metadata["class_names"]
     atomic_write_json(sidecar_path(path), side)
     return path
 
@@ -273,7 +284,8 @@ def _format_of(path: Path, for_saving: bool = False) -> str:
 
 
 def _read_sidecar(path: Path, required: bool) -> dict[str, Any]:
-    side_path = sidecar_path(path)
+    candidates = [sidecar_path(path), path.with_name(path.name + ".json"), path.with_suffix(".json")]
+    side_path = next((c for c in dict.fromkeys(candidates) if c.is_file()), candidates[0])
     if not side_path.exists():
         if required:
             raise ModelFileError(
