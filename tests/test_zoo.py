@@ -38,7 +38,11 @@ def test_failed_attack_is_marked_not_kept(tmp_path):
     row = build_model(job.to_dict(), spec.to_dict(), str(tmp_path))
     assert row["status"] == "failed_attack" and row["asr"] is not None
     assert 0 < row["n_poison"] and row["poison_ratio"] == 0.5
-    zoo_rows = json.loads((tmp_path / "models" / f"{job.name}.json").read_text())["zoo"]
+    side = json.loads((tmp_path / "models" / f"{job.name}.json").read_text())
+    zoo_rows = side["zoo"]
+    from trojanscope.models import load_model
+
+    assert load_model(tmp_path / "models" / f"{job.name}.safetensors").num_classes == 10
     assert zoo_rows["status"] == "failed_attack"
 
 

@@ -1,7 +1,8 @@
 """On-disk layout of a zoo: ``spec.json``, ``manifest.json`` and ``models/<name>.safetensors``.
 
-A model file is the unit of completion: it is written to a temporary name and renamed, and
-carries its own manifest row in the safetensors metadata. ``manifest.json`` is an index rebuilt
+A model is the usual ``.safetensors`` + ``.json`` sidecar pair (``trojanscope.models.save_model``,
+so ``trojanscope scan`` loads it), each written to a temporary name and renamed; the sidecar is
+written last and carries the model's manifest row, so it marks the model as complete. ``manifest.json`` is an index rebuilt
 from the model files and rewritten atomically, so a build killed at any point resumes from the
 files on disk and never sees a half-written model.
 """
@@ -18,10 +19,10 @@ import torch
 from torch import nn
 
 from ..errors import InputError, ModelFileError
-from ..utils import atomic_path, atomic_write_json
+from ..utils import atomic_write_json
 from ._spec import ZooSpec
 
-META_KEY = "trojanscope_zoo"
+META_KEY = "zoo"
 SPEC_FILE = "spec.json"
 MANIFEST_FILE = "manifest.json"
 
@@ -31,28 +32,26 @@ def model_path(zoo_dir: Path, name: str) -> Path:
 
 
 def save_zoo_model(zoo_dir: Path, name: str, model: nn.Module, row: dict[str, Any]) -> Path:
-    """Write ``model`` and its row: a JSON sidecar first, then the weights (atomic renames); the
-    weights file appearing is what marks the model as done."""
-    from safetensors.torch import save_file
+    """Write ``model`` with :func:`trojanscope.models.save_model` (safetensors + JSON sidecar, each
+    renamed into place); the sidecar, written last, carries the row and marks the model done."""
+    from ..models import save_model
 
     path = model_path(zoo_dir, name)
-    atomic_write_json(path.with_suffix(".json"), {
-        "architecture": row["arch"], "num_classes": row["num_classes"],
-        "in_shape": row["in_shape"], "zoo": row})
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={META_KEY: json.dumps(row)})
+    path.with_suffix(".json").unlink(missing_ok=True)
+    metrics = {"cta": row["cta"], "asr": row["asr"]}
+    save_model(model, path, metadata={"zoo": row, "dataset": row["dataset"], "metrics": metrics})
     return path
 
 
 def read_row(path: Path) -> dict[str, Any] | None:
-    """The manifest row stored in a model file, or None when the file is unreadable."""
+    """The manifest row of a model file, or None unless both its weights and sidecar are whole."""
     from safetensors import safe_open
 
     try:
+        row = json.loads(Path(path).with_suffix(".json").read_text())[META_KEY]
         with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        return json.loads(meta[META_KEY])
+            f.keys()
+        return row
     except Exception:  # noqa: BLE001 - any damage means "not done"
         return None
 
@@ -79,6 +78,7 @@ def completed_rows(zoo_dir: Path) -> dict[str, dict[str, Any]]:
         row = read_row(p)
         if row is None:
             p.unlink(missing_ok=True)
+            p.with_suffix(".json").unlink(missing_ok=True)
             continue
         rows[row["name"]] = row
     return rows
