@@ -22,7 +22,7 @@ from .figures import Figure, _display, _plt, to_png
 
 
 def _img(ax: Any, img: torch.Tensor) -> None:
-    ax.imshow(_display(img, signed=False), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.imshow(_display(img, signed=False).numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
 
