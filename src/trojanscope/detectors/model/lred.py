@@ -95,7 +95,7 @@ class LRED(ModelDetector):
 
     def __init__(self, *, variant: str = "A", n_per_class: int | None = 8, pi: float = 0.9,
                  theta: float = 0.05, step: str = "adaptive", delta: float = 1e-4,
-                 rel_step: float = 0.05, tol: float = 1e-3, tau_max: int = 50_000,
+                 rel_step: float = 0.1, tol: float = 1e-3, tau_max: int = 50_000,
                  batch_size: int = 4096, seed: int = 0) -> None:
         self.variant = variant
         self.n_per_class = n_per_class
@@ -111,7 +111,7 @@ class LRED(ModelDetector):
 
     @classmethod
     def for_demo(cls) -> LRED:
-        return cls(variant="A", n_per_class=8)
+        return cls(variant="A", n_per_class=4)
 
     def _check_params(self) -> None:
         if self.variant not in _VARIANTS:
@@ -221,3 +221,9 @@ class LRED(ModelDetector):
             "batched_passes": est["batched_passes"], "iterations": est["iterations"],
             **more,
         }
+
+
+# appendix A.3, the perceptible (mask+pattern) extension; importing it registers "lred_perceptible"
+from ._lred_perceptible import LREDPerceptible  # noqa: E402
+
+__all__ = ["LRED", "LREDPerceptible", "gamma_order_pvalue"]
