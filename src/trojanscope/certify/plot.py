@@ -43,13 +43,18 @@ def plot_certificates(certs: Sequence[Certificate], path: str | Path, title: str
         cs = sorted(cs, key=lambda c: c.eps)
         e = [c.eps for c in cs]
         col = colors[i % len(colors)]
-        ax_l.plot(e, [c.upper_bound for c in cs], "-o", color=col, label=f"{name}: upper bound U*")
-        ax_l.plot(e, [c.attack_loss for c in cs], "--s", color=col, label=f"{name}: attack test loss")
+        ax_l.plot(e, [c.upper_bound for c in cs], "-o", color=col, label=name)
+        ax_l.plot(e, [c.attack_loss for c in cs], "--s", color=col)
         ax_e.plot(e, [c.attack_error for c in cs], "--s", color=col, label=name)
     ax_l.set_xlabel("poisoned fraction eps")
     ax_l.set_ylabel("hinge loss")
     ax_l.set_title("upper bound vs achieved test loss")
-    ax_l.legend(fontsize=7)
+    from matplotlib.lines import Line2D
+
+    handles, _ = ax_l.get_legend_handles_labels()
+    style = [Line2D([], [], color="gray", ls="-", marker="o", label="upper bound U* (training loss)"),
+             Line2D([], [], color="gray", ls="--", marker="s", label="candidate attack: test loss")]
+    ax_l.legend(handles=handles + style, fontsize=7)
     ax_e.set_xlabel("poisoned fraction eps")
     ax_e.set_ylabel("test error of the defender's model")
     ax_e.set_title("candidate attack: test error")
