@@ -21,6 +21,7 @@ import importlib
 import importlib.util
 import io
 import json
+import logging
 import sys
 import warnings
 import zipfile
@@ -336,6 +337,12 @@ def _classify_torch_file(path: Path) -> str:
 
 
 def _guard(path: Path, what: str, fn):
+    if what != "a safetensors file" and not zipfile.is_zipfile(path):
+        raise ModelFileError(f"{path.name} could not be read as {what}: not a zip archive (corrupt or "
+                             "truncated?)")
+    quiet = logging.getLogger("torch.export")  # it logs a traceback before raising
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -343,6 +350,8 @@ def _guard(path: Path, what: str, fn):
     except Exception as e:
         raise ModelFileError(f"{path.name} could not be read as {what} (corrupt or truncated?): "
                              f"{type(e).__name__}: {_first_line(e)}") from e
+    finally:
+        quiet.setLevel(level)
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
