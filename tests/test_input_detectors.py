@@ -29,9 +29,8 @@ FAST = {
     "lid": {"k": 10},
 }
 # feature squeezing is expected to fail on triggered inputs (Jin et al. sec. 6, Remark 7)
-# minimal AUC on the tiny 16x16 model fitted on ~180 clean images; the activation-space KNNs are
-# weak with so few references (on MNIST with thousands the bench measures ~0.99)
-MIN_AUC = {"mutation": 0.9, "activation_space": 0.7, "kde": 0.9, "lid": 0.9, "uncertainty": 0.8,
+# minimal AUC on the tiny 16x16 model fitted on ~180 clean images
+MIN_AUC = {"mutation": 0.9, "activation_space": 0.85, "kde": 0.9, "lid": 0.9, "uncertainty": 0.8,
            "strip": 0.9}
 DETECTS_TRIGGERS = list(MIN_AUC)
 TARGET_FPR = 0.1

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..._registry import register
 from ...data import ImageData
+from ...models.introspect import last_linear
 from ...utils import generator
 from ._base import InputDetector
 from ._features import activation_layers, activations, check_positive, knn_vote, sqdist
@@ -46,8 +47,11 @@ def pca_basis(a: torch.Tensor, q: int, seed: int = 0, oversample: int = 10, n_it
 class ActivationSpace(InputDetector):
     """Label-switching log-likelihood across layers (Jin et al. eqs. 4-5); score = -LL_x.
 
-    Layers are the outputs of the model's Conv2d and Linear layers (the output layer included, so
-    the last KNN label tracks the model's decision), preceded by the input image itself when
+    Layers are the outputs of the model's Conv2d and Linear layers, the output layer included:
+    its "classifier" is the model's own decision (argmax of the logits), not a KNN, so that an
+    input whose hidden layers still look like the source class while the model outputs another
+    label switches at the end (for an adversarial example just past the decision boundary, a KNN
+    on the logits would still vote for the source class). The layers are preceded by the input image itself when
     ``include_input`` (layer 0, where the source class still dominates: "in the first few layers,
     AEs have similar behaviors as the normal samples since the original input dominates", sec.
     3.3).
@@ -77,12 +81,16 @@ class ActivationSpace(InputDetector):
         check_positive("n_components", self.n_components, integer=True)
         check_positive("k", self.k, integer=True)
         self.modules_ = activation_layers(model, self.layers)
+        # the output layer's label is the model's argmax (no PCA/KNN)
+        self.output_is_last_ = self.modules_[-1] is last_linear(model)[1]
         acts = self._activations(model, clean.x)
-        self.pca_ = [pca_basis(a, self.n_components, self.seed) for a in acts]
-        self.refs_ = [(a - m) @ c for a, (m, c) in zip(acts, self.pca_, strict=True)]
+        self.pca_ = [pca_basis(a, self.n_components, self.seed) for a in self._knn_part(acts)]
+        self.refs_ = [(a - m) @ c for a, (m, c) in zip(self._knn_part(acts), self.pca_, strict=True)]
         self.labels_ = clean.y
         # eq. 4 on the clean references, each left out of its own neighbourhood
-        y = self.layer_labels(self.refs_, exclude_self=True)
+        y = self.layer_labels(self.refs_, len(clean), exclude_self=True)
+        if self.output_is_last_:
+            y = torch.cat([y, acts[-1].argmax(1, keepdim=True)], 1)
         switched = (y[:, 1:] != y[:, :-1]).float().mean(0) if y.shape[1] > 1 else torch.zeros(0)
         n = len(clean)
         # add-one smoothing keeps log p_s finite when no clean reference ever switches
@@ -92,9 +100,12 @@ class ActivationSpace(InputDetector):
         acts = activations(model, x, self.modules_, self.batch_size)
         return [x.flatten(1), *acts] if self.include_input else acts
 
-    def layer_labels(self, projected: list[torch.Tensor], exclude_self: bool = False) -> torch.Tensor:
-        """KNN labels [N, L] from the PCA projections of every layer."""
-        cols = []
+    def _knn_part(self, acts: list[torch.Tensor]) -> list[torch.Tensor]:
+        return acts[:-1] if self.output_is_last_ else acts
+
+    def layer_labels(self, projected: list[torch.Tensor], n: int, exclude_self: bool = False) -> torch.Tensor:
+        """KNN labels [n, L] from the PCA projections of every layer."""
+        cols = [torch.empty(n, 0, dtype=torch.long, device=self.labels_.device)]
         for p, ref in zip(projected, self.refs_, strict=True):
             col = []
             for i in range(0, len(p), self.batch_size):
@@ -103,14 +114,16 @@ class ActivationSpace(InputDetector):
                     rows = torch.arange(d.shape[0], device=d.device)
                     d[rows, rows + i] = float("inf")
                 col.append(knn_vote(d, self.labels_, self.k, self.num_classes_))
-            cols.append(torch.cat(col))
-        return torch.stack(cols, 1)
+            cols.append(torch.cat(col)[:, None])
+        return torch.cat(cols, 1)
 
     def log_likelihood(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """LL_x of eq. 5 [N] (higher = behaves like clean inputs)."""
         acts = self._activations(model, x)
-        proj = [(a - m) @ c for a, (m, c) in zip(acts, self.pca_, strict=True)]
-        y = self.layer_labels(proj)
+        proj = [(a - m) @ c for a, (m, c) in zip(self._knn_part(acts), self.pca_, strict=True)]
+        y = self.layer_labels(proj, len(x))
+        if self.output_is_last_:
+            y = torch.cat([y, acts[-1].argmax(1, keepdim=True)], 1)
         if y.shape[1] < 2:
             return torch.zeros(len(x), device=x.device)
         sw = y[:, 1:] != y[:, :-1]
