@@ -77,6 +77,8 @@ class Alg1Run:
         regret_bound: the dual-averaging regret bound ``lambda_T rho^2 / 2 +
             sum_t ||g_t||^2 / (2 lambda_{t-1})``, [P].
         weight: attack points each candidate point stands for, ``eps n / T`` (1 when T = eps n).
+        theta_avg: the average iterate ``(1/T) sum_t theta_{t-1}``, [P, D+1], a good start for
+            (and competitor of) the trained model of Proposition 1.
     """
 
     clean_loss: torch.Tensor
@@ -86,6 +88,7 @@ class Alg1Run:
     upper: torch.Tensor
     regret_bound: torch.Tensor
     weight: float = 1.0
+    theta_avg: torch.Tensor | None = None
 
 
 def algorithm1(
@@ -137,7 +140,9 @@ def algorithm1(
         counts = member.sum(-1)  # [P, 2]
     mu = normal = None
     ar = torch.arange(P)
+    theta_sum = torch.zeros_like(z)
     for t in range(steps):
+        theta_sum += theta
         if data_dependent:
             mu = sums / counts[..., None]
             diff = mu - mu.flip(1)
@@ -170,4 +175,4 @@ def algorithm1(
             counts[ar, j] += 1
     reg += lam * rho * rho / 2
     upper = (a_hist + eps * b_hist).min(1).values
-    return Alg1Run(a_hist, b_hist, xs, ys, upper, reg, weight=eps * n / steps)
+    return Alg1Run(a_hist, b_hist, xs, ys, upper, reg, weight=eps * n / steps, theta_avg=theta_sum / steps)

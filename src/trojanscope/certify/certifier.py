@@ -60,7 +60,7 @@ class Certifier:
         data_dependent: bool = False,
         max_steps: int | None = None,
         train_iters: int = 800,
-        smoothing: float = 1e-3,
+        smoothing: float = 1e-4,
     ) -> None:
         self.defense = defense
         self.percentile = percentile
@@ -201,7 +201,18 @@ class Certifier:
             lab = (ya[p, rows] > 0).long()
             fs = sets[p].recentered(xa[rows], lab) if data_dependent else sets[p]
             kept[p, rows] = fs.contains(xa[rows], lab)
-        theta_tilde = theta_clean if run is None else self._train(xa, ya, w_all, theta_clean)
+        if run is None:
+            theta_tilde = theta_clean
+        else:
+            # min over theta of (1/n) L(theta; D_c ∪ D_p): start from the better of the clean
+            # model and Algorithm 1's average iterate, keep the better of start and result (any
+            # theta's loss is >= the minimum, so this only tightens the Prop.-1 lower end)
+            starts = torch.stack([theta_clean, run.theta_avg])  # [2, P, D+1]
+            obj = torch.stack([(hinge(t, xa, ya) * w_all).sum(1) for t in starts])
+            start = starts[obj.argmin(0), torch.arange(P)]
+            trained = self._train(xa, ya, w_all, start)
+            better = (hinge(trained, xa, ya) * w_all).sum(1) <= obj.min(0).values
+            theta_tilde = torch.where(better[:, None], trained, start)
         lower = (hinge(theta_tilde, xa, ya) * w_all).sum(1) / n
         theta_hat = self._train(xa, ya, w_all * kept, theta_tilde)
         n_p = (w_all[:, is_p] > 0).sum(1).clamp(min=1)  # distinct candidate points

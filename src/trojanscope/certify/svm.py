@@ -90,7 +90,7 @@ def train_svm(
     theta = torch.zeros(P, x.shape[1] + 1, dtype=x.dtype, device=x.device) if theta0 is None \
         else project_ball(theta0.float().clone(), rho)
     # continuation: a coarse smoothing first (large steps), then the target one
-    stages = [m for m in (0.1, 0.01) if m > smoothing] + [smoothing]
+    stages = [m for m in (0.1, 0.01, 0.001) if m > smoothing] + [smoothing]
     per = [iters // (2 * len(stages))] * (len(stages) - 1)
     per.append(iters - sum(per))
     for mu, k in zip(stages, per, strict=True):
