@@ -167,7 +167,12 @@ def test_sidecar_problems(tmp_path, net):
     with pytest.raises(ModelFileError, match="shape of"):
         load_model(path)
     side.write_text(json.dumps(dict(good, file="other.safetensors")))
+    assert load_model(path).arch == "small_cnn"  # a renamed pair still loads
+    (tmp_path / "other.safetensors").write_bytes(b"x")
     with pytest.raises(ModelFileError, match="describes other.safetensors"):
+        load_model(path)
+    side.write_text(json.dumps(dict(good, file="m.onnx", file_format="onnx")))
+    with pytest.raises(ModelFileError, match="describes m.onnx"):
         load_model(path)
     side.write_text("{not json")
     with pytest.raises(ModelFileError, match="not valid JSON"):

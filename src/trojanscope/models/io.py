@@ -300,7 +300,7 @@ def _read_sidecar(path: Path, required: bool) -> dict[str, Any]:
         raise ModelFileError(f"sidecar {side_path} is not valid JSON: {_first_line(e)}") from e
     if not isinstance(side, dict):
         raise ModelFileError(f"sidecar {side_path} should hold a JSON object")
-    if side.get("file") not in (None, path.name):
+    if side.get("file") not in (None, path.name) and _belongs_elsewhere(side, path):
         if required:
             raise ModelFileError(f"sidecar {side_path.name} describes {side['file']}, not {path.name}")
         return {}  # it belongs to a sibling file of another format
@@ -314,6 +314,17 @@ def _read_sidecar(path: Path, required: bool) -> dict[str, Any]:
     if side.get("in_shape") is not None and len(side["in_shape"]) != 3:
         raise ModelFileError(f"sidecar {side_path.name}: in_shape should be [C, H, W], got {side['in_shape']}")
     return side
+
+
+def _belongs_elsewhere(side: dict[str, Any], path: Path) -> bool:
+    """A sidecar naming another file describes that file when it exists or has another format;
+    otherwise the pair was renamed, which is fine."""
+    if (path.parent / str(side["file"])).exists():
+        return True
+    own = {".safetensors": ("safetensors",), ".pt2": ("export",), ".onnx": ("onnx",),
+           ".pt": ("torchscript", "state_dict", "export"), ".pth": ("torchscript", "state_dict", "export")}
+    fmt = side.get("file_format")
+    return fmt is not None and fmt not in own.get(path.suffix.lower(), ())
 
 
 def _classify_torch_file(path: Path) -> str:
