@@ -55,13 +55,13 @@ class StackedSets:
         """
         mu = self.mu if mu is None else mu
         normal = self.normal if normal is None else normal
-        ys = torch.tensor(_LABELS, dtype=theta.dtype)
+        ys = torch.tensor(_LABELS, dtype=theta.dtype, device=theta.device)
         w, b = theta[:, :-1], theta[:, -1]
         c = ys[None, :, None] * w[:, None, :]  # minimise <y w, x> for each label
         x = worst_point(c, mu, radius=self.sphere, normal=normal, slab=self.slab, lo=self.lo, hi=self.hi)
         loss = (1 - ys[None] * ((x * w[:, None, :]).sum(-1) + b[:, None])).clamp(min=0)  # [P, 2]
         j = loss.argmax(1)
-        ar = torch.arange(theta.shape[0])
+        ar = torch.arange(theta.shape[0], device=theta.device)
         return x[ar, j], ys[j], loss[ar, j]
 
 
@@ -123,23 +123,23 @@ def algorithm1(
     """
     P, n = y.shape
     D = x.shape[1]
-    dt = x.dtype
-    z = torch.zeros(P, D + 1, dtype=dt)
+    dt, dev = x.dtype, x.device
+    z = torch.zeros(P, D + 1, dtype=dt, device=dev)
     theta = torch.zeros_like(z)
-    lam = torch.full((P,), 1.0 / eta, dtype=dt)
-    a_hist = torch.empty(P, steps, dtype=dt)
+    lam = torch.full((P,), 1.0 / eta, dtype=dt, device=dev)
+    a_hist = torch.empty(P, steps, dtype=dt, device=dev)
     b_hist = torch.empty_like(a_hist)
-    xs = torch.empty(P, steps, D, dtype=dt)
-    ys = torch.empty(P, steps, dtype=dt)
-    reg = torch.zeros(P, dtype=dt)
-    xa = torch.cat([x, torch.ones(n, 1, dtype=dt)], dim=1)
+    xs = torch.empty(P, steps, D, dtype=dt, device=dev)
+    ys = torch.empty(P, steps, dtype=dt, device=dev)
+    reg = torch.zeros(P, dtype=dt, device=dev)
+    xa = torch.cat([x, torch.ones(n, 1, dtype=dt, device=dev)], dim=1)
     act_prev = None
     if data_dependent:
         member = torch.stack([(y < 0), (y > 0)], dim=1).to(dt)  # [P, 2, n]
         sums = member @ x  # [P, 2, D]
         counts = member.sum(-1)  # [P, 2]
     mu = normal = None
-    ar = torch.arange(P)
+    ar = torch.arange(P, device=dev)
     theta_sum = torch.zeros_like(z)
     for t in range(steps):
         theta_sum += theta
@@ -163,7 +163,7 @@ def algorithm1(
         act_prev = act
         g = -gsum / n
         active = (bt > 0).to(dt)[:, None]
-        g = g - eps * active * yt[:, None] * torch.cat([xt, torch.ones(P, 1, dtype=dt)], dim=1)
+        g = g - eps * active * yt[:, None] * torch.cat([xt, torch.ones(P, 1, dtype=dt, device=dev)], dim=1)
         a_hist[:, t], b_hist[:, t], xs[:, t], ys[:, t] = at, bt, xt, yt
         reg += (g * g).sum(1) / (2 * lam)
         z = z - g

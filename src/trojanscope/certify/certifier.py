@@ -112,10 +112,11 @@ class Certifier:
         eps = [float(e) for e in eps]
         if not eps or any(not 0 <= e < 1 for e in eps):
             raise InputError(f"eps must be fractions in [0, 1), got {eps}")
-        X = as_features(x)
-        yl = torch.as_tensor(y).long().reshape(-1)
-        Xt = X if x_test is None else as_features(x_test, "test features")
-        ytl = yl if y_test is None else torch.as_tensor(y_test).long().reshape(-1)
+        # a linear model on a feature matrix: float64 on the CPU, whatever device the data is on
+        X = as_features(x).cpu()
+        yl = torch.as_tensor(y).long().reshape(-1).cpu()
+        Xt = X if x_test is None else as_features(x_test, "test features").cpu()
+        ytl = yl if y_test is None else torch.as_tensor(y_test).long().reshape(-1).cpu()
         if Xt.shape[1] != X.shape[1]:
             raise InputError("training and test features differ in dimension")
         cls = [int(c) for c in (classes if classes is not None else torch.unique(yl).tolist())]

@@ -64,7 +64,7 @@ def _group_stats(x: torch.Tensor, member: torch.Tensor, percentile: float):
     d2 = (x * x).sum(1)[None] - 2 * mu @ x.T + (mu * mu).sum(1, keepdim=True)
     dist = d2.clamp(min=0).sqrt()
     proj = (x @ normal.T).T - (mu * normal).sum(1, keepdim=True)
-    nan = torch.tensor(float("nan"), dtype=x.dtype)
+    nan = torch.tensor(float("nan"), dtype=x.dtype, device=x.device)
     q = percentile / 100.0
     sphere = torch.nanquantile(torch.where(member, dist, nan), q, dim=1)
     slab = torch.nanquantile(torch.where(member, proj.abs(), nan), q, dim=1)
@@ -102,7 +102,7 @@ class FeasibleSet:
 
     def class_index(self, y: torch.Tensor) -> torch.Tensor:
         """Row of each label in ``classes`` (-1 for labels the set does not know)."""
-        y = torch.as_tensor(y).long().reshape(-1)
+        y = torch.as_tensor(y).long().reshape(-1).to(self.classes.device)
         hit = y[:, None] == self.classes[None, :]
         return torch.where(hit.any(1), hit.float().argmax(1), torch.full_like(y, -1))
 
@@ -141,7 +141,7 @@ class FeasibleSet:
         """
         x = as_features(x)
         k = self.class_index(y)
-        member = k[None, :] == torch.arange(len(self.classes))[:, None]
+        member = k[None, :] == torch.arange(len(self.classes), device=k.device)[:, None]
         if not bool(member.any(1).all()):
             raise InputError("every class of the feasible set needs at least one point")
         mu, normal, _, _ = _group_stats(x, member, self.percentile)
@@ -169,7 +169,7 @@ def fit_feasible_set(
     if not 0 < percentile <= 100:
         raise InputError(f"percentile must be in (0, 100], got {percentile}")
     x = as_features(x)
-    y = torch.as_tensor(y).long().reshape(-1)
+    y = torch.as_tensor(y).long().reshape(-1).to(x.device)
     if y.numel() != x.shape[0]:
         raise InputError(f"got {x.shape[0]} points but {y.numel()} labels")
     classes = torch.unique(y)
