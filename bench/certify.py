@@ -31,6 +31,8 @@ from trojanscope.utils import atomic_write_json
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--eps", default="0,0.05,0.1,0.2,0.3")
+    p.add_argument("--per-class", type=int, default=None,
+                   help="use this many training images per class (default: all 13007)")
     p.add_argument("--train-iters", type=int, default=500, help="FISTA iterations per SVM training")
     p.add_argument("--data-dependent", action="store_true",
                    help="also the data-dependent sanitiser rows for sphere+slab (about 2.5x the time)")
@@ -43,10 +45,13 @@ def main() -> None:
     eps = [float(e) for e in args.eps.split(",")]
     tr = load_mnist("train", args.data_dir).of_classes([1, 7])
     te = load_mnist("test", args.data_dir).of_classes([1, 7])
+    if args.per_class:
+        tr = tr.clean_subset(args.per_class, seed=args.seed)
     if args.quick:
         tr, te = tr.clean_subset(500, seed=args.seed), te.clean_subset(300, seed=args.seed)
         eps = [0, 0.05, 0.1]
     tag = "certify_quick" if args.quick else "certify"
+    sub = f"_pc{args.per_class}" if args.per_class else ""
     certs: list[Certificate] = []
     timings = {}
     todo = args.defense.split(",")
@@ -54,7 +59,7 @@ def main() -> None:
     for defense in ("sphere", "slab", "sphere+slab"):
         dd = defense == "sphere+slab" and args.data_dependent
         cache = CACHE / (f"{tag}_{defense.replace('+', '_')}{'_dd' if dd else ''}_{'_'.join(map(str, eps))}"
-                         f"_T{args.max_steps}_it{args.train_iters}.json")
+                         f"_T{args.max_steps}_it{args.train_iters}{sub}.json")
         if cache.is_file():
             rows = json.loads(cache.read_text())
             certs += [Certificate(**r) for r in rows]
@@ -83,7 +88,8 @@ def main() -> None:
         "schema": 1,
         "dataset": "mnist", "classes": [1, 7], "n_train": len(tr), "n_test": len(te),
         "settings": {"rho": Certifier().rho, "eta": 0.1, "percentile": 70, "box": [0, 1],
-                     "max_steps": args.max_steps, "train_iters": args.train_iters},
+                     "max_steps": args.max_steps, "train_iters": args.train_iters,
+                     "per_class": args.per_class},
         "rows": certificate_rows(certs),
         "plot": str(png.relative_to(RESULTS.parent.parent)),
     })
