@@ -39,3 +39,25 @@ def parse_ints(text: str | None) -> list[int] | None:
         return [int(v) for v in text.split(",") if v.strip() != ""]
     except ValueError:
         raise InputError(f"expected comma-separated integers, got {text!r}") from None
+
+
+ModuleOpt = Annotated[str | None, typer.Option("--module", help="path/to/module.py:ClassName for a state-dict file")]
+ArchOpt = Annotated[str | None, typer.Option("--arch", help="registry architecture of a state-dict file")]
+NormalizeOpt = Annotated[str | None, typer.Option("--normalize", help="MEAN/STD the network expects "
+                                                  "(default: from the sidecar)")]
+
+
+def load_user_model(path: Path, data, *, normalize: str | None = None, module: str | None = None,
+                    arch: str | None = None, device=None):
+    """Load a model file for a command working on ``data``: state dicts get their class count and
+    input shape from the data, as does a TorchScript file without a sidecar."""
+    from ..models import load_model
+    from .evaluate import parse_mean_std
+
+    ns = parse_mean_std(normalize)
+    net = load_model(path, normalize=ns, module=module, arch=arch,
+                     num_classes=data.num_classes if (module or arch) else None,
+                     in_shape=data.in_shape if (module or arch) else None, device=device or "cpu")
+    if getattr(net, "in_shape", None) is None:
+        net = load_model(path, normalize=ns, in_shape=data.in_shape, device=device or "cpu")
+    return net
