@@ -159,7 +159,8 @@ def fit_ulp(models: list[nn.Module], labels: torch.Tensor, in_shape: tuple[int, 
         lr, lr_classifier: Adam step sizes of the patterns and of h.
         tv_weight: lambda of the total-variation regulariser.
         model_dropout: dropout probability after each activation of the models (augmentation).
-        learn_patterns: False gives the "noise input" baseline (fixed uniform patterns).
+        learn_patterns: False gives the "noise input" baseline (fixed uniform patterns; only h is
+            trained, on logits computed once without dropout, as in sec. 3.4.1).
         seed: pattern initialisation, classifier initialisation and dropout.
         progress: called every 50 steps with {"step", "loss", "accuracy"}.
     """
@@ -190,8 +191,13 @@ def fit_ulp(models: list[nn.Module], labels: torch.Tensor, in_shape: tuple[int, 
     opt_h = torch.optim.Adam(h.parameters(), lr=lr_classifier)
     opt_z = torch.optim.Adam([z], lr=lr) if learn_patterns else None
     history: list[dict[str, float]] = []
+    fixed = None
+    if not learn_patterns:  # noise input: the logits never change, compute them once
+        with torch.no_grad():
+            fixed = pool_logits(batch(z), pooling, sort_logits)
     for step in range(1, steps + 1):
-        feats = pool_logits(batch(z, dropout=model_dropout > 0), pooling, sort_logits)
+        feats = fixed if fixed is not None else pool_logits(
+            batch(z, dropout=model_dropout > 0), pooling, sort_logits)
         out = h(feats)
         loss = F.cross_entropy(out, labels)
         total = loss + tv_weight * total_variation(z) if learn_patterns else loss
