@@ -72,8 +72,11 @@ def test_round_trip(tmp_path, net, x, suffix):
     assert torch.equal(predict(m, x), _reference(net, x).argmax(1))
 
 
-def test_onnx_is_forward_only(tmp_path, net):
+def test_onnx_is_forward_only(tmp_path, net, x):
     m = load_model(save_model(net, tmp_path / "m.onnx"))
+    twin = copy.deepcopy(m)  # methods copy models before changing them; the session is reopened
+    with torch.no_grad():
+        torch.testing.assert_close(twin(x), m(x))
     with pytest.raises(InputError, match="forward-only"):
         require_gradients(m, "neural_cleanse")
     require_gradients(load_model(save_model(net, tmp_path / "m.safetensors")))  # no error

@@ -500,6 +500,7 @@ class _OnnxModule(nn.Module):
 
     def __init__(self, path: Path) -> None:
         super().__init__()
+        self._path = Path(path)
         try:
             import onnxruntime as ort
         except ImportError as e:  # pragma: no cover - onnxruntime is in the dev extra
@@ -519,6 +520,10 @@ class _OnnxModule(nn.Module):
         dims = inputs[0].shape
         self.in_shape = (tuple(int(d) for d in dims[1:]) if len(dims) == 4 and all(isinstance(d, int)
                          for d in dims[1:]) else None)
+
+    def __reduce__(self):
+        # an onnxruntime session cannot be copied or pickled: reopen the file instead
+        return (type(self), (self._path,))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         arr = x.detach().to("cpu", torch.float32).contiguous().numpy()
