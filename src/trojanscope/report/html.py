@@ -76,10 +76,12 @@ def _value_html(v: Any, depth: int = 0) -> str:
     """Scalars inline; dicts as key/value tables; lists of flat dicts as tables; the rest as JSON."""
     if _scalar(v):
         return _num(v)
-    if isinstance(v, dict) and depth < 2 and all(_scalar(x) or isinstance(x, (dict, list)) for x in v.values()):
+    if isinstance(v, (list, dict)) and not v:
+        return "–"
+    if isinstance(v, dict) and depth < 3 and all(_scalar(x) or isinstance(x, (dict, list)) for x in v.values()):
         rows = "".join(f"<tr><th>{_e(k)}</th><td>{_value_html(x, depth + 1)}</td></tr>" for k, x in v.items())
         return f"<table>{rows}</table>"
-    if isinstance(v, list) and v and all(isinstance(x, dict) for x in v) and depth < 2:
+    if isinstance(v, list) and v and all(isinstance(x, dict) for x in v) and depth < 3:
         cols = list(dict.fromkeys(k for x in v for k, y in x.items() if _scalar(y)))
         if cols:
             head = "".join(f"<th>{_e(c)}</th>" for c in cols)
