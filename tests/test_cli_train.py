@@ -96,3 +96,21 @@ def test_bad_input_is_one_clean_line(args, message, monkeypatch, capsys, tmp_pat
     assert err.startswith("error:") and message in " ".join(err.split())
     assert "Traceback" not in err
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_evaluate_state_dict_and_bare_torchscript(trained, tmp_path):
+    import torch
+
+    from trojanscope.models import save_model
+
+    path, _ = trained
+    side = json.loads(path.with_suffix(".json").read_text())
+    model = load_model(path)
+    torch.save(model.network.state_dict(), tmp_path / "w.pth")
+    ts = save_model(model, tmp_path / "m.pt")
+    sidecar_path(ts).unlink()  # a bare TorchScript file: the data gives the input shape
+    for args in (["evaluate", str(tmp_path / "w.pth"), "--arch", "small_cnn"], ["evaluate", str(ts)]):
+        res = runner.invoke(app, [*args, "--data", "digits", "--json", str(tmp_path / "e.json")])
+        assert res.exit_code == 0, res.output + repr(res.exception)
+        got = json.loads((tmp_path / "e.json").read_text())
+        assert got["cta"] == pytest.approx(side["metrics"]["cta"]) and "asr" not in got

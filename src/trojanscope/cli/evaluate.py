@@ -8,7 +8,18 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import InputError
-from ._common import DataDirOpt, DataOpt, DeviceOpt, console, load_data, out
+from ._common import (
+    ArchOpt,
+    DataDirOpt,
+    DataOpt,
+    DeviceOpt,
+    ModuleOpt,
+    NormalizeOpt,
+    console,
+    load_data,
+    load_user_model,
+    out,
+)
 from .train import (
     AttackOpt,
     AttackParamOpt,
@@ -42,25 +53,18 @@ def evaluate_cmd(
     target: TargetOpt = None,
     sources: SourcesOpt = None,
     attack_param: AttackParamOpt = None,
-    module: Annotated[str | None, typer.Option("--module", help="path/to/module.py:ClassName for a "
-                                               "state-dict file")] = None,
-    arch: Annotated[str | None, typer.Option("--arch", help="registry architecture of a state-dict file")] = None,
-    normalize: Annotated[str | None, typer.Option("--normalize", help="MEAN/STD the network expects "
-                                                  "(default: from the sidecar)")] = None,
+    module: ModuleOpt = None,
+    arch: ArchOpt = None,
+    normalize: NormalizeOpt = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the metrics to this JSON file")] = None,
     device: DeviceOpt = "auto",
 ) -> None:
     """Print CTA (and ASR with an attack) of MODEL; without --attack the sidecar's attack is used."""
-    from ..models import load_model
     from ..utils import atomic_write_json, resolve_device, to_jsonable
 
     dev = resolve_device(device)
     test = load_data(data, split, data_dir)
-    model = load_model(model_path, normalize=parse_mean_std(normalize), module=module, arch=arch,
-                       num_classes=test.num_classes if (module or arch) else None,
-                       in_shape=test.in_shape if (module or arch) else None, device=dev)
-    if model.in_shape is None:  # e.g. TorchScript without a sidecar: the data tells the shape
-        model = load_model(model_path, normalize=parse_mean_std(normalize), in_shape=test.in_shape, device=dev)
+    model = load_user_model(model_path, test, normalize=normalize, module=module, arch=arch, device=dev)
     spec: dict[str, Any] | None
     recorded = model.metadata.get("attack")
     if attack is None and target is None and isinstance(recorded, dict) and recorded.get("name"):
