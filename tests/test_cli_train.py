@@ -114,3 +114,16 @@ def test_evaluate_state_dict_and_bare_torchscript(trained, tmp_path):
         assert res.exit_code == 0, res.output + repr(res.exception)
         got = json.loads((tmp_path / "e.json").read_text())
         assert got["cta"] == pytest.approx(side["metrics"]["cta"]) and "asr" not in got
+
+
+def test_fine_tune_from_a_model_file(trained, tmp_path):
+    path, _ = trained
+    side = json.loads(path.with_suffix(".json").read_text())
+    out = tmp_path / "ft.safetensors"
+    res = runner.invoke(app, ["train", "--data", "digits", "--init", str(path), "--epochs", "1", "--lr", "1e-4",
+                              "--out", str(out)])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    ft = json.loads(out.with_suffix(".json").read_text())
+    assert ft["training"]["init"] == str(path) and ft["arch"] == "small_cnn"
+    # a tiny learning rate keeps the trained weights (a fresh network would be near chance)
+    assert ft["metrics"]["cta"] > side["metrics"]["cta"] - 0.05

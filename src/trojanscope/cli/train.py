@@ -138,6 +138,20 @@ def parse_normalize(text: str | None, data) -> tuple[list[float], list[float]] |
     return mean, std
 
 
+def _init_model(path: Path, data, dev):
+    """A model file to fine-tune: it must take gradients and match the data."""
+    from ..models import load_model, require_gradients
+
+    model = load_model(path, device=dev)
+    require_gradients(model, "fine-tuning (--init)")
+    if model.in_shape is not None and tuple(model.in_shape) != tuple(data.in_shape):
+        raise InputError(f"--init model takes {tuple(model.in_shape)} images but the data has "
+                         f"{tuple(data.in_shape)}")
+    if (model.num_classes or 0) < data.num_classes:
+        raise InputError(f"--init model has {model.num_classes} classes, the data {data.num_classes}")
+    return model
+
+
 def train_cmd(
     out_path: Annotated[Path, typer.Option("--out", help="model file to write: .safetensors (+ .json "
                                            "sidecar), .pt2, .pt (TorchScript), .pth or .onnx")],
@@ -165,6 +179,8 @@ def train_cmd(
     flip: Annotated[bool, typer.Option("--flip", help="random horizontal flips")] = False,
     normalize: Annotated[str | None, typer.Option("--normalize", help="none | data | MEAN/STD, e.g. "
                                                   "0.49,0.48,0.45/0.25,0.24,0.26 (stored in the model)")] = None,
+    init: Annotated[Path | None, typer.Option("--init", help="fine-tune this model file instead of "
+                                              "training a new --arch from scratch")] = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
 ) -> None:
@@ -202,12 +218,17 @@ def train_cmd(
         raise InputError("--poison-* options need --attack NAME")
 
     torch.manual_seed(seed)
-    net = create_model(arch, train_d.num_classes, train_d.in_shape)
-    norm = parse_normalize(normalize, train_d)
-    model = wrap_model(net, mean=norm[0] if norm else None, std=norm[1] if norm else None,
-                       num_classes=train_d.num_classes, in_shape=train_d.in_shape, arch=arch,
-                       detect_probabilities=False).to(dev)
-    console.print(f"training {arch} on {len(train_d)} {data} images ({dev}) for {epochs:g} epoch(s)")
+    if init is not None:  # fine-tune a model file (Borji fine-tunes the clean model on the poison)
+        model = _init_model(init, train_d, dev)
+        arch = model.arch or arch
+    else:
+        net = create_model(arch, train_d.num_classes, train_d.in_shape)
+        norm = parse_normalize(normalize, train_d)
+        model = wrap_model(net, mean=norm[0] if norm else None, std=norm[1] if norm else None,
+                           num_classes=train_d.num_classes, in_shape=train_d.in_shape, arch=arch,
+                           detect_probabilities=False).to(dev)
+    console.print(f"training {arch} on {len(train_d)} {data} images ({dev}) for {epochs:g} epoch(s)"
+                  + (f", starting from {init}" if init else ""))
     t0 = time.perf_counter()
     with Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total} epochs"),
                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console) as bar:
@@ -227,7 +248,7 @@ def train_cmd(
         "class_names": test_d.class_names,
         "metrics": {k: v for k, v in res.items() if k != "trigger"},
         "attack": None if spec is None else {**spec, **poison_info, "description": res.get("trigger")},
-        "training": {"epochs": epochs, "lr": lr, "batch_size": batch_size, "optimizer": optimizer,
+        "training": {"init": str(init) if init else None, "epochs": epochs, "lr": lr, "batch_size": batch_size, "optimizer": optimizer,
                      "schedule": schedule, "weight_decay": weight_decay, "crop": crop, "flip": flip,
                      "seed": seed, "train_images": len(train_d), "train_accuracy": hist["train_accuracy"],
                      "seconds": round(time.perf_counter() - t0, 2)},
