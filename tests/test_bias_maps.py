@@ -79,9 +79,10 @@ def test_clean_finetune_not_flagged(backdoor, clean_few, finetuned, detector):
 
 
 def test_blank_input_shows_trigger(backdoor, clean_few, finetuned):
-    r = BiasMaps(reference=backdoor["clean"], inputs="blank").scan(finetuned["poisoned"], clean_few)
+    # the paper's single blank image (Fig. 3)
+    r = BiasMaps(reference=backdoor["clean"], inputs="blank", n_samples=1).scan(finetuned["poisoned"], clean_few)
     t, region = backdoor["target"], _trigger_region(backdoor)
-    assert r.extra["n_starts"] == 1  # a blank start is deterministic: one is enough
+    assert r.extra["n_starts"] == 1
     assert r.trigger["bias_maps"][t, :, region].mean() > r.trigger["reference_maps"][t, :, region].mean() + 0.2
 
 

@@ -86,10 +86,12 @@ class BiasMaps(ModelDetector):
             ``scan(model, clean)`` signature need it here. It is frozen during the scan and never
             modified; it must take the same inputs and return the same number of classes.
         inputs: starting points of the attack: "blank" (an all-zero image), "noise" (uniform
-            white noise) or "data" (the clean images given to ``scan``, labels unused).
+            white noise) or "data" (the clean images given to ``scan``, labels unused). A blank
+            start is deterministic: with ``n_samples=1`` it is the paper's single blank image;
+            with more, every copy gets a random start uniform in [0, eps] (PGD's initialisation;
+            the paper notes that more blank samples change the outcome, Fig. 3).
         algorithm: "I" (targeted, eq. 1) or "II" (source/target pairs, eq. 2).
-        n_samples: starting inputs per target class (per pair for Algorithm II); a blank input is
-            deterministic, so one is used whatever this says. Paper default: 1000.
+        n_samples: starting inputs per target class (per pair for Algorithm II). Paper: 1000.
         iterations: FGSM steps (paper default 10).
         eps: FGSM step size (paper default 0.1; "moderate values lead to better results").
         threshold: robust z-score (median / MAD; 2 as Neural Cleanse) above which a class's
@@ -151,10 +153,12 @@ class BiasMaps(ModelDetector):
     def _starts(self, clean: ImageData) -> torch.Tensor:
         """The starting inputs [S, C, H, W], shared by every class and by both models."""
         shape = clean.in_shape
-        if self.inputs == "blank":
-            return torch.zeros(1, *shape)
         g = generator(self.seed)
         n = int(self.n_samples)
+        if self.inputs == "blank":
+            # one blank image is deterministic; several get PGD's random start in [0, eps]
+            # (Madry et al. 2018), so that their mean is a map rather than one saturated image
+            return torch.zeros(1, *shape) if n == 1 else torch.rand(n, *shape, generator=g) * float(self.eps)
         if self.inputs == "noise":
             return torch.rand(n, *shape, generator=g)
         idx = (torch.randperm(len(clean), generator=g)[:n] if n <= len(clean)
