@@ -66,9 +66,15 @@ def check_head(model: nn.Module, head: nn.Module, x: torch.Tensor) -> None:
                          "detector needs a model of the form classifier(flatten(features(x)))")
 
 
-def sqdist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Squared Euclidean distances [N, M] between rows of ``a`` [N, D] and ``b`` [M, D]."""
-    d = (a * a).sum(1, keepdim=True) - 2 * a @ b.T + (b * b).sum(1)[None]
+def sqdist(a: torch.Tensor, b: torch.Tensor, b_sq: torch.Tensor | None = None) -> torch.Tensor:
+    """Squared Euclidean distances [N, M] between rows of ``a`` [N, D] and ``b`` [M, D].
+
+    ``b_sq`` [M]: the precomputed squared norms of ``b`` (references scored many times: saves
+    a pass over an [M, D] array per call, which dominates single-input latency).
+    """
+    if b_sq is None:
+        b_sq = (b * b).sum(1)
+    d = (a * a).sum(1, keepdim=True) - 2 * a @ b.T + b_sq[None]
     return d.clamp_min_(0.0)
 
 

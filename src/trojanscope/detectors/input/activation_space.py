@@ -86,6 +86,7 @@ class ActivationSpace(InputDetector):
         acts = self._activations(model, clean.x)
         self.pca_ = [pca_basis(a, self.n_components, self.seed) for a in self._knn_part(acts)]
         self.refs_ = [(a - m) @ c for a, (m, c) in zip(self._knn_part(acts), self.pca_, strict=True)]
+        self.refs_sq_ = [(r * r).sum(1) for r in self.refs_]
         self.labels_ = clean.y
         # eq. 4 on the clean references, each left out of its own neighbourhood
         y = self.layer_labels(self.refs_, len(clean), exclude_self=True)
@@ -106,10 +107,10 @@ class ActivationSpace(InputDetector):
     def layer_labels(self, projected: list[torch.Tensor], n: int, exclude_self: bool = False) -> torch.Tensor:
         """KNN labels [n, L] from the PCA projections of every layer."""
         cols = [torch.empty(n, 0, dtype=torch.long, device=self.labels_.device)]
-        for p, ref in zip(projected, self.refs_, strict=True):
+        for p, ref, ref_sq in zip(projected, self.refs_, self.refs_sq_, strict=True):
             col = []
             for i in range(0, len(p), self.batch_size):
-                d = sqdist(p[i : i + self.batch_size], ref)
+                d = sqdist(p[i : i + self.batch_size], ref, ref_sq)
                 if exclude_self:
                     rows = torch.arange(d.shape[0], device=d.device)
                     d[rows, rows + i] = float("inf")

@@ -45,6 +45,7 @@ class KernelDensity(InputDetector):
     def _fit(self, model: nn.Module, clean: ImageData) -> None:
         check_positive("sigma", self.sigma)
         self.features_ = penultimate(model, clean.x, self.batch_size)
+        self.features_sq_ = (self.features_ * self.features_).sum(1)
         # X_t: the clean training samples of class t (eq. 6), i.e. by their true label
         self.labels_ = clean.y
         self.class_counts_ = torch.bincount(clean.y, minlength=self.num_classes_).clamp_min(1)
@@ -57,7 +58,7 @@ class KernelDensity(InputDetector):
                 [model(x[i : i + self.batch_size]).argmax(1) for i in range(0, len(x), self.batch_size)])
         out = []
         for i in range(0, len(f), self.batch_size):
-            d = sqdist(f[i : i + self.batch_size], self.features_) / self.sigma**2
+            d = sqdist(f[i : i + self.batch_size], self.features_, self.features_sq_) / self.sigma**2
             same = t[i : i + self.batch_size, None] == self.labels_[None]
             lse = torch.logsumexp((-d).masked_fill(~same, -math.inf), dim=1)
             out.append(lse - self.class_counts_[t[i : i + self.batch_size]].float().log())

@@ -77,10 +77,10 @@ class LocalIntrinsicDimensionality(InputDetector):
         t = self._predict(model, x)
         acts = activations(model, x, self.modules_, self.batch_size)
         cols = []
-        for a, ref in zip(acts, self.refs_, strict=True):
+        for a, ref, ref_sq in zip(acts, self.refs_, self.refs_sq_, strict=True):
             col = []
             for i in range(0, len(a), self.batch_size):
-                d = sqdist(a[i : i + self.batch_size], ref)
+                d = sqdist(a[i : i + self.batch_size], ref, ref_sq)
                 tb = t[i : i + self.batch_size]
                 d = d.masked_fill(tb[:, None] != self.labels_[None], float("inf"))
                 if exclude_self:
@@ -98,6 +98,7 @@ class LocalIntrinsicDimensionality(InputDetector):
         check_choice("combine", self.combine, ("zscore", "logistic"))
         self.modules_ = activation_layers(model, self.layers)
         self.refs_ = activations(model, clean.x, self.modules_, self.batch_size)
+        self.refs_sq_ = [(r * r).sum(1) for r in self.refs_]
         # X_t: clean references grouped by the model's label, as the online inputs are
         self.labels_ = self._predict(model, clean.x)
         counts = torch.bincount(self.labels_, minlength=self.num_classes_)
