@@ -25,13 +25,14 @@ import time
 
 import numpy as np
 import torch
-from _common import RESULTS, cached_model, load_mnist, parser, write_result
+from _common import CACHE, RESULTS, cached_model, load_mnist, parser, write_result
 
 from trojanscope import create
 from trojanscope.attacks import PatchTrigger, PoisoningAttack
 from trojanscope.metrics import accuracy, attack_success_rate, roc_auc, roc_curve
 from trojanscope.models import create_model
 from trojanscope.train import train
+from trojanscope.utils import atomic_path
 
 TARGET, COUNT, SIZE = 1, 6000, 4
 
@@ -175,7 +176,14 @@ def main() -> None:
     cta = accuracy(model, test)
     asr = attack_success_rate(model, test, trigger(), TARGET)["asr"]
     t0 = time.perf_counter()
-    sets = malicious_sets(model, test, n, args.seed, args.quick)
+    # the C&W examples take minutes on a CPU: cached next to the model (bench/cache, gitignored)
+    sets_path = CACHE / f"input_guard_sets{'_quick' if args.quick else ''}_seed{args.seed}.pt"
+    if sets_path.is_file():
+        sets = torch.load(sets_path, weights_only=True)
+    else:
+        sets = malicious_sets(model, test, n, args.seed, args.quick)
+        with atomic_path(sets_path) as tmp:
+            torch.save(sets, tmp)
     attack_seconds = time.perf_counter() - t0
     clean_ref = train_d.clean_subset(per_class, seed=args.seed)
     rows: dict[str, dict] = {}
