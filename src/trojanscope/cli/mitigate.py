@@ -41,6 +41,8 @@ def mitigate(
     attack_param: AttackParamOpt = None,
     sets: Annotated[list[str] | None, typer.Option("--set", help="parameter key=value of the mitigation "
                                                    "(repeatable), e.g. stamp_fraction=0.2")] = None,
+    scan_sets: Annotated[list[str] | None, typer.Option("--scan-set", help="parameter key=value of the "
+                                                        "scan (repeatable), e.g. epochs=50")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the result here")] = None,
     module: ModuleOpt = None,
     arch: ArchOpt = None,
@@ -59,7 +61,8 @@ def mitigate(
 
     if method not in available("mitigation"):
         raise InputError(f"unknown --method {method!r}; available: {', '.join(available('mitigation'))}")
-    params: dict[str, Any] = {"seed": seed, "scan_method": scan_method, **parse_params(sets)}
+    params: dict[str, Any] = {"seed": seed, "scan_method": scan_method,
+                              "scan_params": {"seed": seed, **parse_params(scan_sets)}, **parse_params(sets)}
     try:
         mit = get("mitigation", method)(**params)
     except TypeError as e:
