@@ -177,3 +177,20 @@ def test_cli_certify_digits(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     bad = CliRunner().invoke(app, ["certify", "--data", "digits", "--defense", "cube"])
     assert bad.exit_code != 0 and isinstance(bad.exception, InputError)
+
+
+def test_mnist_1_7_small_certificate(shared_data):
+    """Real MNIST-1-7 pixels (300 per class): sanitiser keeps ~70%, Prop. 1 holds, attack stays in F."""
+    from trojanscope.data import load_dataset
+
+    tr = load_dataset("mnist", "train", root=shared_data, limit=6000).of_classes([1, 7]).clean_subset(300)
+    te = load_dataset("mnist", "test", root=shared_data, limit=1000).of_classes([1, 7])
+    fs = fit_feasible_set(tr.x, tr.y, defense="sphere", box=(0.0, 1.0))
+    assert abs(float(sanitize(tr.x, tr.y, fs).double().mean()) - 0.7) < 0.02
+    rows = Certifier(defense="sphere+slab", train_iters=300).certify(tr.x, tr.y, [0.0, 0.05], te.x, te.y,
+                                                                    classes=[1, 7])
+    clean, attacked = rows
+    assert clean.attack_error < 0.05  # a working 1-vs-7 SVM
+    assert attacked.lower_bound <= attacked.extra["upper_bound_alg1"] + 1e-6
+    assert attacked.upper_bound >= clean.upper_bound
+    assert attacked.extra["poison_kept"] == 1.0

@@ -8,7 +8,7 @@ from .certifier import DEFAULT_RHO, Certifier
 from .feasible import DEFENSES, FeasibleSet, canonical_defense, fit_feasible_set
 from .sanitize import sanitize
 from .solver import worst_point
-from .svm import hinge, train_svm
+from .svm import hinge, train_svm, train_svm_liblinear
 
 __all__ = [
     "DEFAULT_RHO",
@@ -23,5 +23,6 @@ __all__ = [
     "hinge",
     "sanitize",
     "train_svm",
+    "train_svm_liblinear",
     "worst_point",
 ]

@@ -24,7 +24,7 @@ from ..errors import InputError
 from ..types import Certificate
 from .bound import Alg1Run, StackedSets, algorithm1
 from .feasible import FeasibleSet, as_features, canonical_defense, fit_feasible_set
-from .svm import hinge, margins, train_svm
+from .svm import hinge, margins, train_svm, train_svm_liblinear
 
 # The authors' settings for MNIST-1-7 (released code): ||theta||^2 <= 0.8, eta 0.1, percentile 70.
 DEFAULT_RHO = math.sqrt(0.8)
@@ -45,8 +45,10 @@ class Certifier:
             each candidate point stands for ``eps n / T`` attack points (a weight in training);
             Proposition 1 then holds with ``Regret(T) / T`` (the average of the T online losses is
             the same objective), the bound stays valid, only the regret gap is looser.
-        train_iters: FISTA iterations of every SVM training.
-        smoothing: hinge smoothing of the trainer.
+        solver: ``liblinear`` (default: penalised SVM by dual coordinate descent, bisection on C
+            to the ball's radius; accurate) or ``fista`` (smoothed hinge, projected; no sklearn).
+        train_iters: FISTA iterations of every SVM training (``fista`` only).
+        smoothing: hinge smoothing of the FISTA trainer.
     """
 
     def __init__(
@@ -59,6 +61,7 @@ class Certifier:
         box: tuple[float, float] | None = (0.0, 1.0),
         data_dependent: bool = False,
         max_steps: int | None = None,
+        solver: str = "liblinear",
         train_iters: int = 800,
         smoothing: float = 1e-4,
     ) -> None:
@@ -69,15 +72,20 @@ class Certifier:
         self.box = box
         self.data_dependent = data_dependent
         self.max_steps = max_steps
+        self.solver = solver
         self.train_iters = train_iters
         self.smoothing = smoothing
 
     def _params(self) -> dict:
         return {"defense": canonical_defense(self.defense), "percentile": self.percentile, "rho": self.rho,
                 "eta": self.eta, "box": self.box, "data_dependent": self.data_dependent,
-                "max_steps": self.max_steps}
+                "max_steps": self.max_steps, "solver": self.solver}
 
     def _train(self, x, y, weights, theta0=None, iters=None):
+        if self.solver == "liblinear":
+            return train_svm_liblinear(x, y, rho=self.rho, weights=weights)
+        if self.solver != "fista":
+            raise InputError(f"unknown solver {self.solver!r}; use liblinear or fista")
         return train_svm(x, y, rho=self.rho, weights=weights, smoothing=self.smoothing,
                          iters=iters or self.train_iters, theta0=theta0)
 

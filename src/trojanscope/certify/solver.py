@@ -139,29 +139,46 @@ def worst_point(
     sv = sign.unsqueeze(-1) * normal
     # d(w) = (1 - w) c_hat + w sign v covers nu = w / (1 - w) in [0, inf]; sign * <v, u(w)>
     # decreases in w and is <= 0 <= s at w = 1, so [0, 1] brackets the multiplier.
-    w_lo = torch.zeros_like(slab)
-    w_hi = torch.ones_like(slab)
-    grid = torch.linspace(0, 1, _GRID + 1, dtype=c.dtype, device=c.device)[1:-1]
-    for _ in range(_ROUNDS):
-        w = w_lo.unsqueeze(-1) + (w_hi - w_lo).unsqueeze(-1) * grid  # [..., G]
-        d = (1 - w).unsqueeze(-1) * c_hat.unsqueeze(-2) + w.unsqueeze(-1) * sv.unsqueeze(-2)
-        r_g = None if radius is None else radius.unsqueeze(-1).expand_as(w)
-        u = _ball_box_min(d, a.unsqueeze(-2), b.unsqueeze(-2), r_g)
-        above = (u * sv.unsqueeze(-2)).sum(-1) > slab.unsqueeze(-1)  # still violates: nu too small
-        n_above = above.sum(-1)  # monotone: the first n_above grid points violate
-        idx = n_above.clamp(max=grid.numel() - 1)
-        new_lo = torch.where(n_above > 0, w.gather(-1, (n_above - 1).clamp(min=0).unsqueeze(-1)).squeeze(-1), w_lo)
-        new_hi = torch.where(n_above < grid.numel(), w.gather(-1, idx.unsqueeze(-1)).squeeze(-1), w_hi)
-        w_lo, w_hi = new_lo, new_hi
-
     def at(wv: torch.Tensor) -> torch.Tensor:
         d = (1 - wv).unsqueeze(-1) * c_hat + wv.unsqueeze(-1) * sv
         return _ball_box_min(d, a, b, radius)
 
-    u_lo, u_hi = at(w_lo), at(w_hi)
-    p_lo, p_hi = (u_lo * sv).sum(-1), (u_hi * sv).sum(-1)
+    # The bracket ends keep the very points (and slab values) that were compared: the argmin
+    # jumps where a coordinate of d changes sign while the box vertex is inside the ball, and
+    # recomputing an end from its w could land on the other side of such a jump by round-off.
+    w_lo, w_hi = torch.zeros_like(slab), torch.ones_like(slab)
+    u_lo, u_hi = u0, at(w_hi)
+    p_lo, p_hi = sign * p0, (u_hi * sv).sum(-1)
+    grid = torch.linspace(0, 1, _GRID + 1, dtype=c.dtype, device=c.device)[1:-1]
+    G = grid.numel()
+    for _ in range(_ROUNDS):
+        w = w_lo.unsqueeze(-1) + (w_hi - w_lo).unsqueeze(-1) * grid  # [..., G]
+        d = (1 - w).unsqueeze(-1) * c_hat.unsqueeze(-2) + w.unsqueeze(-1) * sv.unsqueeze(-2)
+        r_g = None if radius is None else radius.unsqueeze(-1).expand_as(w)
+        u = _ball_box_min(d, a.unsqueeze(-2), b.unsqueeze(-2), r_g)  # [..., G, D]
+        p = (u * sv.unsqueeze(-2)).sum(-1)  # [..., G]
+        above = p > slab.unsqueeze(-1)  # still violates: the multiplier is too small
+        n_above = above.sum(-1)  # monotone in theory: the first n_above grid points violate
+        i_lo = (n_above - 1).clamp(min=0)
+        i_hi = n_above.clamp(max=G - 1)
+        has_lo, has_hi = n_above > 0, n_above < G
+        # a grid point is taken only if it really is on its side (guards non-monotone round-off)
+        has_lo &= p.gather(-1, i_lo.unsqueeze(-1)).squeeze(-1) > slab
+        has_hi &= p.gather(-1, i_hi.unsqueeze(-1)).squeeze(-1) <= slab
+
+        def pick(idx, cond, old_w, old_u, old_p, w=w, u=u, p=p):
+            gi = idx.unsqueeze(-1)
+            nw = torch.where(cond, w.gather(-1, gi).squeeze(-1), old_w)
+            nu = torch.where(cond.unsqueeze(-1),
+                             u.gather(-2, gi.unsqueeze(-1).expand(*gi.shape[:-1], 1, u.shape[-1])).squeeze(-2),
+                             old_u)
+            np_ = torch.where(cond, p.gather(-1, gi).squeeze(-1), old_p)
+            return nw, nu, np_
+
+        w_lo, u_lo, p_lo = pick(i_lo, has_lo, w_lo, u_lo, p_lo)
+        w_hi, u_hi, p_hi = pick(i_hi, has_hi, w_hi, u_hi, p_hi)
+
     # convex combination on the face sign * <v, u> = s (u_lo violates, u_hi satisfies)
     lam = ((slab - p_hi) / (p_lo - p_hi).clamp(min=1e-300)).clamp(0, 1)
-    lam = torch.where(p_lo > slab, lam, torch.ones_like(lam))
     u_face = lam.unsqueeze(-1) * u_lo + (1 - lam).unsqueeze(-1) * u_hi
     return torch.minimum(torch.maximum(mu + torch.where(ok.unsqueeze(-1), u0, u_face), lo_t), hi_t)

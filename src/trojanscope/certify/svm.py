@@ -6,10 +6,12 @@ norm, as in the authors' code). Everything is batched over P binary problems tha
 feature matrix (one-vs-rest): ``theta`` is [P, D + 1], labels are [P, N] in {-1, +1}.
 
 Training (for the candidate attack's model ``theta~`` of Proposition 1 and the defender's
-model on the sanitised data) minimises the exact constrained problem up to a small smoothing:
+model on the sanitised data): :func:`train_svm_liblinear` solves the penalised form with
+liblinear and bisects C to the ball's radius (accurate, the default); :func:`train_svm` is
 FISTA with adaptive restart (O'Donoghue & Candès 2015) on the quadratically smoothed hinge,
-projected onto the ball; the reported losses are always the true hinge losses of the result,
-so an imprecise optimum can only make the Proposition-1 lower bound larger, never smaller.
+projected onto the ball (pure torch, batched, but slow to converge on ill-conditioned pixels).
+The reported losses are always the true hinge losses of the result, so an imprecise optimum
+can only make the Proposition-1 lower bound larger, never smaller.
 """
 
 from __future__ import annotations
@@ -110,3 +112,81 @@ def train_svm(
             prev = val
             theta = new
     return project_ball(theta.to(out_dtype), rho)
+
+
+def train_svm_liblinear(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    rho: float,
+    weights: torch.Tensor | None = None,
+    bisection: int = 16,
+    tol: float = 1e-5,
+) -> torch.Tensor:
+    """The same constrained SVM through its penalised form, solved by liblinear's dual CD.
+
+    ``min_{||theta|| <= rho} sum_i w_i hinge_i`` equals ``min 0.5 ||theta||^2 + C sum_i w_i hinge_i``
+    for the C at which the solution's norm is ``rho`` (Lagrange duality; the constraint binds
+    unless the unconstrained optimum is inside the ball). C is found by bisection on log10 C;
+    liblinear (scikit-learn ``LinearSVC``, ``intercept_scaling=1``) regularises the bias like
+    a weight, which is the ball over ``(w, b)`` of this module. Far more accurate than FISTA on
+    ill-conditioned pixel data for the same time, so it is the default of :class:`Certifier`.
+
+    Args:
+        x: features, [N, D].
+        y: labels in {-1, +1}, [P, N].
+        rho: radius of the parameter ball.
+        weights: non-negative point weights, [P, N] (0 drops a point).
+        bisection: bisection steps on log10 C in [-5, 3].
+        tol: liblinear's stopping tolerance.
+    Returns:
+        theta, [P, D+1] float64 on x's device, inside the ball.
+    """
+    import numpy as np
+
+    xn = x.detach().cpu().double().numpy()
+    yn = y.detach().cpu().double().numpy()
+    wn = None if weights is None else weights.detach().cpu().double().numpy()
+    out = []
+    for p in range(yn.shape[0]):  # liblinear fits one problem at a time
+        rows = np.ones(len(xn), bool) if wn is None else wn[p] > 0
+        xp, yp = xn[rows], yn[p, rows]
+        sw = None if wn is None else wn[p, rows]
+
+        def fit(log_c: float, xp=xp, yp=yp, sw=sw) -> np.ndarray:
+            return _liblinear_fit(xp, yp, sw, log_c, rho, tol)
+
+        lo, hi = -5.0, 3.0
+        best = fit(hi)
+        if np.linalg.norm(best) > rho:
+            best = None
+            for _ in range(bisection):
+                mid = (lo + hi) / 2
+                th = fit(mid)
+                if np.linalg.norm(th) > rho:
+                    hi = mid
+                else:
+                    lo, best = mid, th
+            if best is None:
+                best = fit(lo)
+        th = torch.from_numpy(best)[None]
+        out.append(project_ball(th, rho))
+    return torch.cat(out).to(x.device)
+
+
+def _liblinear_fit(xp, yp, sw, log_c: float, rho: float, tol: float):
+    """theta = (w, b) of ``0.5 ||theta||^2 + C sum_i sw_i hinge_i`` (numpy in, numpy out)."""
+    import warnings
+
+    import numpy as np
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.svm import LinearSVC
+
+    if len(np.unique(yp)) < 2:  # one class only: the best constant predictor in the ball
+        return np.concatenate([np.zeros(xp.shape[1]), [rho * float(yp[0])]])
+    m = LinearSVC(C=10.0**log_c, loss="hinge", dual=True, intercept_scaling=1.0, tol=tol, max_iter=20000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        m.fit(xp, yp, sample_weight=sw)
+    sign = 1.0 if m.classes_[1] > 0 else -1.0
+    return sign * np.concatenate([m.coef_[0], m.intercept_])
