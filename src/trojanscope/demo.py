@@ -126,8 +126,10 @@ def run_demo(out_dir: str | Path = "trojanscope-demo", *, seed: int = 0, log: Lo
         mit = _registry.get("mitigation", name).for_demo()
         if mit is None:
             continue
+        # reuse the demo's Neural Cleanse scan (mitigations would otherwise run it again)
+        nc = next((r for r in scans["backdoored"] if r.method == "neural_cleanse" and r.backdoored), None)
         try:
-            r = mit.apply(models["backdoored"], z["train"].clean_subset(60, seed=seed), test=test,
+            r = mit.apply(models["backdoored"], z["train"].clean_subset(60, seed=seed), nc, test=test,
                           true_trigger=trigger)
         except Exception as e:
             report["skipped"].append({"method": name, "error": repr(e)})

@@ -183,5 +183,9 @@ class Mitigation:
 
     @classmethod
     def for_demo(cls) -> Mitigation | None:
-        return cls()
+        """Default settings, with the scan's demo settings for when no scan is passed."""
+        from .._registry import get
+
+        det = get("model_detector", cls.scan_method).for_demo()
+        return cls(scan_params=det.get_params() if det is not None else None)
 
