@@ -157,3 +157,19 @@ def test_bad_input_gives_input_error(victim, name, params, call, msg):
     kw = {"model": m, "x": x[:4], **call}
     with pytest.raises(ts.InputError, match=msg):
         _registry.create("evasion", name, **params).run(kw.pop("model"), kw.pop("x"), **kw)
+
+
+def test_fgsm_is_borji_eq1_and_unbounded_bim_iterates_it(victim):
+    m, x, y = victim
+    net = copy.deepcopy(m).eval()
+    t = (y[:8] + 3) % 10
+    xi = x[:8].clone().requires_grad_(True)
+    loss = torch.nn.functional.cross_entropy(net(xi), t, reduction="sum")
+    (g,) = torch.autograd.grad(loss, xi)
+    expect = (x[:8] - 0.1 * g.sign()).clamp(0, 1)  # Borji eq. 1
+    got = _registry.create("evasion", "fgsm", eps=0.1).run(m, x[:8], target=t)
+    assert torch.allclose(got, expect, atol=1e-6)
+    # Borji iterates FGSM without a ball: eps=inf, a fixed step
+    it = _registry.create("evasion", "bim", eps="inf", step_size=0.1, steps=4).run(m, x[:8], target=t)
+    linf = float((it - x[:8]).abs().max())
+    assert 0.2 < linf <= 0.4 + 1e-6
