@@ -8,7 +8,7 @@
 | ``.pt`` / ``.pth`` state dict | ``torch.save(model.state_dict())`` | ``torch.load(weights_only=True)`` + ``module=`` or ``arch=`` |
 | ``.onnx`` | ONNX graph (normalisation inside) | onnxruntime, forward only |
 
-Every format may have a JSON sidecar (:func:`sidecar_path`) (``save_model`` writes one for each); a loaded
+Every format may have a JSON sidecar (:func:`sidecar_path`; ``save_model`` writes one); a loaded
 model is a :class:`~trojanscope.models.wrap.WrappedModel` taking [0, 1] images. Nothing here
 unpickles code: state dicts are read with ``weights_only=True`` always.
 """
@@ -17,14 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import importlib
-import importlib.util
 import io
-import json
-import logging
-import sys
 import warnings
-import zipfile
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,25 +27,30 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._registry import get
 from ..errors import InputError, ModelFileError, TrojanscopeError
 from ..utils import atomic_path, atomic_write_json, versions
+from ._files import (
+    _CARRIED,
+    SIDECAR_FORMAT,
+    SIDECAR_VERSION,
+    SUFFIXES,
+    _build,
+    _classify_torch_file,
+    _export_in_shape,
+    _first_line,
+    _format_of,
+    _guard,
+    _is_registered,
+    _load_state,
+    _OnnxModule,
+    _read_safetensors,
+    _read_sidecar,
+    _read_state_dict,
+    sidecar_path,
+)
 from .wrap import Normalize, WrappedModel, unwrap, wrap_model
 
-SIDECAR_FORMAT = "trojanscope-model"
-SIDECAR_VERSION = 1
-SUFFIXES = (".safetensors", ".pt2", ".pt", ".pth", ".onnx")
-_CARRIED = ("class_names", "dataset", "attack", "training")
-
-
-def sidecar_path(path: str | Path) -> Path:
-    """``model.safetensors`` -> ``model.json``; other formats ``model.pt2`` -> ``model.pt2.json``.
-
-    (So that ``model.pt2`` and ``model.onnx`` side by side keep their own sidecars.)
-    """
-    path = Path(path)
-    return path.with_suffix(".json") if path.suffix.lower() == ".safetensors" else path.with_name(path.name + ".json")
-
+__all__ = ["SIDECAR_FORMAT", "SIDECAR_VERSION", "SUFFIXES", "load_model", "save_model", "sidecar_path"]
 
 # --------------------------------------------------------------------------------------------
 # saving
@@ -265,272 +264,3 @@ def load_model(path: str | Path, *, normalize: tuple[Sequence[float], Sequence[f
         raise ModelFileError(f"{path.name}: {e}") from e
     wrapped.eval()
     return wrapped
-
-
-def _format_of(path: Path, for_saving: bool = False) -> str:
-    suffix = path.suffix.lower()
-    fmt = {".safetensors": "safetensors", ".pt2": "export", ".pt": "pt", ".pth": "state_dict",
-           ".onnx": "onnx"}.get(suffix)
-    if for_saving and fmt == "pt":
-        return "torchscript"
-    if fmt == "state_dict" and not for_saving:
-        return "pt"  # a .pth may be TorchScript too: look inside
-    if fmt is None:
-        hint = " (a Keras file: convert it to ONNX first)" if suffix in (".h5", ".keras") else ""
-        raise (InputError if for_saving else ModelFileError)(
-            f"unknown model file type {suffix or '(no suffix)'!r} of {path.name}{hint}; "
-            f"use one of {', '.join(SUFFIXES)}"
-        )
-    return fmt
-
-
-def _read_sidecar(path: Path, required: bool) -> dict[str, Any]:
-    candidates = [sidecar_path(path), path.with_name(path.name + ".json"), path.with_suffix(".json")]
-    side_path = next((c for c in dict.fromkeys(candidates) if c.is_file()), candidates[0])
-    if not side_path.exists():
-        if required:
-            raise ModelFileError(
-                f"{path.name} needs its sidecar {side_path.name} (architecture, classes, input shape); "
-                "it is missing. Pass --arch NAME (and --normalize) to load the weights anyway"
-            )
-        return {}
-    try:
-        side = json.loads(side_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelFileError(f"sidecar {side_path} is not valid JSON: {_first_line(e)}") from e
-    if not isinstance(side, dict):
-        raise ModelFileError(f"sidecar {side_path} should hold a JSON object")
-    if side.get("file") not in (None, path.name) and _belongs_elsewhere(side, path):
-        if required:
-            raise ModelFileError(f"sidecar {side_path.name} describes {side['file']}, not {path.name}")
-        return {}  # it belongs to a sibling file of another format
-    if side.get("format") not in (None, SIDECAR_FORMAT) or int(side.get("format_version", 1)) > SIDECAR_VERSION:
-        raise ModelFileError(f"sidecar {side_path.name} has an unsupported format "
-                             f"{side.get('format')!r} version {side.get('format_version')!r}")
-    for key in ("in_shape", "mean", "std"):
-        v = side.get(key)
-        if v is not None and not (isinstance(v, list) and all(isinstance(t, (int, float)) for t in v)):
-            raise ModelFileError(f"sidecar {side_path.name}: {key!r} should be a list of numbers, got {v!r}")
-    if side.get("in_shape") is not None and len(side["in_shape"]) != 3:
-        raise ModelFileError(f"sidecar {side_path.name}: in_shape should be [C, H, W], got {side['in_shape']}")
-    return side
-
-
-def _belongs_elsewhere(side: dict[str, Any], path: Path) -> bool:
-    """A sidecar naming another file describes that file when it exists or has another format;
-    otherwise the pair was renamed, which is fine."""
-    if (path.parent / str(side["file"])).exists():
-        return True
-    own = {".safetensors": ("safetensors",), ".pt2": ("export",), ".onnx": ("onnx",),
-           ".pt": ("torchscript", "state_dict", "export"), ".pth": ("torchscript", "state_dict", "export")}
-    fmt = side.get("file_format")
-    return fmt is not None and fmt not in own.get(path.suffix.lower(), ())
-
-
-def _classify_torch_file(path: Path) -> str:
-    """TorchScript, torch.export or torch.save archive, decided from the zip member names."""
-    if not zipfile.is_zipfile(path):
-        with open(path, "rb") as f:
-            head = f.read(2)
-        if head[:1] == b"\x80":  # a legacy (pre-1.6) torch.save pickle stream
-            return "state_dict"
-        raise ModelFileError(f"{path.name} is not a PyTorch file (not a zip archive): corrupt or truncated?")
-    try:
-        with zipfile.ZipFile(path) as z:
-            names = z.namelist()
-    except (zipfile.BadZipFile, OSError) as e:
-        raise ModelFileError(f"{path.name} is a corrupt zip archive: {_first_line(e)}") from e
-    if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
-        return "torchscript"
-    if any("serialized_exported_program" in n or n.endswith("archive_format") for n in names):
-        return "export"
-    return "state_dict"
-
-
-def _guard(path: Path, what: str, fn):
-    if what != "a safetensors file" and not zipfile.is_zipfile(path):
-        raise ModelFileError(f"{path.name} could not be read as {what}: not a zip archive (corrupt or "
-                             "truncated?)")
-    quiet = logging.getLogger("torch.export")  # it logs a traceback before raising
-    level = quiet.level
-    quiet.setLevel(logging.CRITICAL)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return fn()
-    except Exception as e:
-        raise ModelFileError(f"{path.name} could not be read as {what} (corrupt or truncated?): "
-                             f"{type(e).__name__}: {_first_line(e)}") from e
-    finally:
-        quiet.setLevel(level)
-
-
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return _guard(path, "a safetensors file", lambda: load_file(str(path)))
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        msg = str(e)
-        if "weights_only" in msg or "Unsupported global" in msg or "Unpickl" in type(e).__name__:
-            raise ModelFileError(
-                f"{path.name} holds pickled Python objects (e.g. a whole nn.Module saved with "
-                "torch.save(model)), and loading it could run arbitrary code; trojanscope only reads "
-                "weights (weights_only=True). Re-save it with torch.save(model.state_dict()) and pass "
-                "--module path/to/module.py:ClassName, or export it with torch.export / TorchScript"
-            ) from e
-        raise ModelFileError(f"{path.name} could not be read as a PyTorch state dict (corrupt or "
-                             f"truncated?): {type(e).__name__}: {_first_line(e)}") from e
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model_state_dict", "model", "net"):
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ModelFileError(f"{path.name} does not hold a state dict (a dict of named tensors), "
-                             f"but {type(obj).__name__}")
-    if all(k.startswith("module.") for k in obj):  # saved from nn.DataParallel
-        obj = {k[len("module."):]: v for k, v in obj.items()}
-    return obj
-
-
-def _is_registered(arch: str) -> bool:
-    try:
-        get("arch", arch)
-    except InputError:
-        return False
-    return True
-
-
-def _build(path: Path, module: str | None, arch: str | None, num_classes: int | None,
-           in_shape: tuple[int, ...] | None, module_kwargs: dict[str, Any] | None) -> nn.Module:
-    if module is not None:
-        cls = _import_class(module)
-        try:
-            net = cls(**(module_kwargs or {}))
-        except Exception as e:
-            raise ModelFileError(f"could not instantiate {module}: {type(e).__name__}: {_first_line(e)}") from e
-        if not isinstance(net, nn.Module):
-            raise ModelFileError(f"{module} did not return a torch.nn.Module but {type(net).__name__}")
-        return net
-    if arch is None:
-        raise ModelFileError(f"no architecture for {path.name}: pass --arch NAME or --module FILE.py:Class")
-    if not _is_registered(arch):
-        raise ModelFileError(f"{path.name}: architecture {arch!r} is not registered "
-                             "(trojanscope.available('arch') lists them)")
-    if num_classes is None or in_shape is None:
-        raise ModelFileError(f"{path.name}: the number of classes and input shape are unknown; "
-                             "they come from the sidecar, or pass num_classes= and in_shape=")
-    from . import create_model
-
-    try:
-        return create_model(arch, int(num_classes), tuple(int(v) for v in in_shape))
-    except InputError as e:
-        raise ModelFileError(f"{path.name}: {e}") from e
-
-
-def _import_class(spec: str):
-    if ":" not in spec:
-        raise ModelFileError(f"--module must look like path/to/module.py:ClassName, got {spec!r}")
-    where, name = spec.rsplit(":", 1)
-    try:
-        if where.endswith(".py") or Path(where).exists():
-            file = Path(where)
-            if not file.is_file():
-                raise ModelFileError(f"module file {file} does not exist")
-            modname = f"_trojanscope_user_{abs(hash(str(file.resolve())))}"
-            s = importlib.util.spec_from_file_location(modname, file)
-            if s is None or s.loader is None:
-                raise ModelFileError(f"cannot import {file} as a Python module")
-            mod = importlib.util.module_from_spec(s)
-            sys.modules[modname] = mod
-            s.loader.exec_module(mod)
-        else:
-            mod = importlib.import_module(where)
-    except TrojanscopeError:
-        raise
-    except Exception as e:
-        raise ModelFileError(f"importing {where} failed: {type(e).__name__}: {_first_line(e)}") from e
-    if not hasattr(mod, name):
-        raise ModelFileError(f"{where} has no {name!r}")
-    return getattr(mod, name)
-
-
-def _load_state(net: nn.Module, state: dict[str, torch.Tensor], path: Path, side: dict[str, Any]) -> None:
-    own = net.state_dict()
-    missing = [k for k in own if k not in state]
-    extra = [k for k in state if k not in own]
-    bad = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
-    if missing or extra or bad:
-        parts = []
-        if missing:
-            parts.append(f"missing {missing[:3]}{' ...' if len(missing) > 3 else ''}")
-        if extra:
-            parts.append(f"unexpected {extra[:3]}{' ...' if len(extra) > 3 else ''}")
-        if bad:
-            k = bad[0]
-            parts.append(f"shape of {k} is {tuple(state[k].shape)} in the file but {tuple(own[k].shape)} "
-                         "in the network")
-        src = f"the sidecar's architecture {side.get('arch')!r}" if side.get("arch") else "the given network"
-        raise ModelFileError(f"the weights in {path.name} do not match {src}: " + "; ".join(parts))
-    net.load_state_dict(state, strict=True)
-
-
-def _export_in_shape(net: nn.Module) -> tuple[int, int, int] | None:
-    """(C, H, W) of the first placeholder of an exported graph, when static."""
-    graph = getattr(net, "graph", None)
-    for node in getattr(graph, "nodes", ()):
-        if node.op == "placeholder":
-            val = node.meta.get("val")
-            shape = getattr(val, "shape", None)
-            if shape is not None and len(shape) == 4:
-                with contextlib.suppress(TypeError, ValueError):
-                    return tuple(int(s) for s in shape[1:])  # type: ignore[return-value]
-    return None
-
-
-class _OnnxModule(nn.Module):
-    """Runs an ONNX graph with onnxruntime on CPU; forward only (no gradients)."""
-
-    forward_only = True
-
-    def __init__(self, path: Path) -> None:
-        super().__init__()
-        self._path = Path(path)
-        try:
-            import onnxruntime as ort
-        except ImportError as e:  # pragma: no cover - onnxruntime is in the dev extra
-            raise ModelFileError("reading .onnx files needs onnxruntime: pip install 'trojanscope[onnx]'") from e
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        opts.intra_op_num_threads = max(1, torch.get_num_threads())
-        try:
-            self._session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        except Exception as e:
-            raise ModelFileError(f"{path.name} could not be read as an ONNX model (corrupt or truncated?): "
-                                 f"{_first_line(e)}") from e
-        inputs = self._session.get_inputs()
-        if len(inputs) != 1:
-            raise ModelFileError(f"{path.name} has {len(inputs)} inputs; trojanscope needs one image input")
-        self._input = inputs[0].name
-        dims = inputs[0].shape
-        self.in_shape = (tuple(int(d) for d in dims[1:]) if len(dims) == 4 and all(isinstance(d, int)
-                         for d in dims[1:]) else None)
-
-    def __reduce__(self):
-        # an onnxruntime session cannot be copied or pickled: reopen the file instead
-        return (type(self), (self._path,))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        arr = x.detach().to("cpu", torch.float32).contiguous().numpy()
-        out = self._session.run(None, {self._input: arr})[0]
-        return torch.from_numpy(out).to(x.device)
-
-
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip()
-    return s.splitlines()[0][:300] if s else type(e).__name__
