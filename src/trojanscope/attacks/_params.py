@@ -87,6 +87,7 @@ def as_position(v: Any, name: str = "location") -> tuple[int, int] | None:
     if isinstance(v, (tuple, list)):
         if len(v) != 2:
             raise InputError(f"{name} must be (row, col), got {v!r}")
+        v = [e.strip().strip("()[]") if isinstance(e, str) else e for e in v]  # ["(2", "3)"]
         return as_int(v[0], f"{name} row"), as_int(v[1], f"{name} col")
     return None
 
