@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError, ModelFileError, TrojanscopeError
-from ..utils import atomic_path, atomic_write_json, versions
+from ..utils import atomic_path, atomic_write_json, resolve_device, versions
 from ._files import (
     _CARRIED,
     SIDECAR_FORMAT,
@@ -195,7 +195,7 @@ def load_model(path: str | Path, *, normalize: tuple[Sequence[float], Sequence[f
             ``.safetensors`` file.
         num_classes, in_shape: override/complete the sidecar (in_shape is (C, H, W)).
         module_kwargs: keyword arguments of ``ClassName(...)``.
-        device: where the model goes (ONNX always runs on CPU).
+        device: where the model goes: "cpu", "cuda", "auto" (ONNX always runs on the CPU).
         detect_probabilities: wrap probability outputs with a log.
 
     Raises:
@@ -253,7 +253,7 @@ def load_model(path: str | Path, *, normalize: tuple[Sequence[float], Sequence[f
     if module is not None:
         name = f"module:{module.rsplit(':', 1)[-1]}"
     if not forward_only:
-        net = net.to(device)
+        net = net.to(resolve_device(device))
     metadata = dict(side)
     metadata.setdefault("file", path.name)
     try:
