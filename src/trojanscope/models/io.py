@@ -109,9 +109,9 @@ def save_model(model: nn.Module, path: str | Path, *, mean: Sequence[float] | No
             raise InputError(f"saving as {fmt} needs the input shape: pass in_shape=(C, H, W)")
         with warnings.catch_warnings():  # deep-copying a torch.export module warns (torch 2.13)
             warnings.simplefilter("ignore", FutureWarning)
-            wrapped = _Exportable(copy.deepcopy(net), mean, std).eval()
-        example = torch.rand(2, *in_shape, generator=torch.Generator().manual_seed(0)).to(
-            next((p.device for p in wrapped.parameters()), torch.device("cpu")))
+            # exported on the CPU so that the file loads on any machine
+            wrapped = _Exportable(copy.deepcopy(net).cpu(), mean, std).eval()
+        example = torch.rand(2, *in_shape, generator=torch.Generator().manual_seed(0))
         with atomic_path(path) as tmp:
             _export(wrapped, example, tmp, fmt)
     side: dict[str, Any] = {}
