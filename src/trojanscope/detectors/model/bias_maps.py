@@ -98,14 +98,15 @@ class BiasMaps(ModelDetector):
             distance is an outlier.
         min_ratio: the outlying distance must also be at least this multiple of the median
             distance. Fine-tuning on clean data moves every map a little; when those moves are
-            nearly equal the MAD is tiny and a 20% difference would score a large z.
+            nearly equal the MAD is tiny and a 20% difference would score a large z (clean
+            fine-tunes of the digits models reached 1.5x the median; backdoored ones ~1.8-2.3x).
         batch_size: images per forward/backward pass (memory bound only).
         seed: choice of noise / data samples.
     """
 
     def __init__(self, *, reference: nn.Module | None = None, inputs: str = "data",
                  algorithm: str = "I", n_samples: int = 1000, iterations: int = 10,
-                 eps: float = 0.1, threshold: float = ANOMALY_THRESHOLD, min_ratio: float = 1.5,
+                 eps: float = 0.1, threshold: float = ANOMALY_THRESHOLD, min_ratio: float = 1.75,
                  batch_size: int = 1024, seed: int = 0) -> None:
         self.reference = reference
         self.inputs = inputs
