@@ -15,6 +15,7 @@ from typing import Any, final
 import torch
 from torch import nn
 
+from .._params import Configurable
 from .._registry import create
 from ..attacks import Trigger
 from ..data import ImageData
@@ -78,7 +79,7 @@ def evaluate(model: nn.Module, data: ImageData, target: int | None, triggers: di
     return out
 
 
-class Mitigation:
+class Mitigation(Configurable):
     """``Mitigation(**params).apply(model, clean, scan=None) -> MitigationResult``.
 
     Never modifies ``model``: the repair works on a deep copy. When ``scan`` is None, Neural
@@ -93,12 +94,6 @@ class Mitigation:
     scan_params: dict[str, Any] | None = None
     seed: int = 0
 
-    def get_params(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items() if not k.endswith("_") and not k.startswith("_")}
-
-    @property
-    def name(self) -> str:
-        return getattr(type(self), "registry_name", type(self).__name__)
 
     def _run_scan(self, model: nn.Module, clean: ImageData) -> ScanResult:
         det = create("model_detector", self.scan_method, **(self.scan_params or {}))

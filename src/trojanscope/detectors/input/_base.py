@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
-from typing import Any, final
+from typing import final
 
 import torch
 from torch import nn
 
+from ..._params import Configurable
 from ..._validate import check_images
 from ...data import ImageData
 from ...errors import InputError
@@ -18,7 +19,7 @@ from ...utils import model_device
 from ..model._base import as_image_data, frozen
 
 
-class InputDetector:
+class InputDetector(Configurable):
     """``Detector(**params).fit(model, clean)``, then ``.score(x)`` (higher = more suspicious)
     and ``.predict(x)`` (flags at a threshold giving false-positive rate ``fpr`` on clean data).
 
@@ -32,12 +33,6 @@ class InputDetector:
     seed: int = 0
     calibration_fraction: float = 0.3
 
-    def get_params(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items() if not k.endswith("_") and not k.startswith("_")}
-
-    @property
-    def name(self) -> str:
-        return getattr(type(self), "registry_name", type(self).__name__)
 
     @final
     def fit(self, model: nn.Module, clean: ImageData | tuple[torch.Tensor, torch.Tensor]) -> InputDetector:

@@ -9,6 +9,7 @@ from typing import Any, final
 import torch
 from torch import nn
 
+from ..._params import Configurable
 from ..._validate import check_labels, check_logits
 from ...data import ImageData
 from ...errors import InputError
@@ -66,7 +67,7 @@ class frozen:
             pass
 
 
-class ModelDetector:
+class ModelDetector(Configurable):
     """``Detector(**params).scan(model, clean) -> ScanResult``.
 
     Subclasses take their parameters keyword-only in ``__init__`` (stored under the same names,
@@ -78,12 +79,6 @@ class ModelDetector:
     #: False for forward-only methods that also work on ONNX models (ULP, noise input).
     needs_gradients: bool = True
 
-    def get_params(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items() if not k.endswith("_") and not k.startswith("_")}
-
-    @property
-    def name(self) -> str:
-        return getattr(type(self), "registry_name", type(self).__name__)
 
     @final
     def scan(self, model: nn.Module, clean: ImageData | tuple[torch.Tensor, torch.Tensor], *,
