@@ -52,6 +52,21 @@ def test_cifar_shape_reaches_the_paper_sizes():
     assert create_model("nc_gtsrb", 43, (3, 32, 32)).classifier[-1].out_features == 43
 
 
+def test_paper_layer_counts():
+    # L-RED A.7: VGG-9 = 6 conv (16, 32, 64, 64, 128, 128 filters) + 3 dense
+    vgg = create_model("vgg_small", 10, (1, 28, 28))
+    assert [m.out_channels for m in vgg.modules() if isinstance(m, nn.Conv2d)] == [16, 32, 64, 64, 128, 128]
+    assert sum(isinstance(m, nn.Linear) for m in vgg.modules()) == 3
+    # Neural Cleanse's GTSRB net: conv 32, 32, 64, 64, 128, 128 + fc 512 + output
+    nc = create_model("nc_gtsrb", 43, (3, 32, 32))
+    assert [m.out_channels for m in nc.modules() if isinstance(m, nn.Conv2d)] == [32, 32, 64, 64, 128, 128]
+    assert [m.out_features for m in nc.modules() if isinstance(m, nn.Linear)] == [512, 43]
+    # Borji Fig. 23: conv20, conv50, fc 4*4*50 -> 500 -> 10
+    borji = create_model("borji_cnn", 10, (1, 28, 28))
+    assert [(m.in_features, m.out_features) for m in borji.modules() if isinstance(m, nn.Linear)] == [
+        (800, 500), (500, 10)]
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_bad_sizes(arch):
     with pytest.raises(InputError, match="num_classes"):
