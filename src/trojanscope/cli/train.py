@@ -219,6 +219,8 @@ def train_cmd(
 
     torch.manual_seed(seed)
     if init is not None:  # fine-tune a model file (Borji fine-tunes the clean model on the poison)
+        if normalize is not None:
+            raise InputError("--normalize sets up a new model; an --init model keeps its own normalisation")
         model = _init_model(init, train_d, dev)
         arch = model.arch or arch
     else:
