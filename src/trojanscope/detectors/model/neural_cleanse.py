@@ -70,7 +70,9 @@ class NeuralCleanse(ModelDetector):
         fast_top_k: the paper's speed-up for many labels (Sec. VI-C, Fig. 5): after
             ``fast_warmup`` epochs keep only the ``fast_top_k`` candidates with the smallest
             masks, and stop when the ranking of their best half has been stable for
-            ``patience`` epochs; None = off.
+            ``patience`` epochs; None = off. Pruned labels keep their norm at pruning (an upper
+            bound of their smallest mask), which biases the outlier test towards flagging: keep
+            k large enough that the median and MAD come from optimised labels.
         fast_warmup: epochs before pruning to the top k.
         per_label_loop: run the candidates one at a time (reference for the speed benchmark).
         max_batch: most images per forward pass; larger K * batch_size is split in chunks.
@@ -250,9 +252,12 @@ class NeuralCleanse(ModelDetector):
                    pruned: torch.Tensor, stable: int, last_top: set[int] | None) -> tuple[int, set[int] | None]:
         """Paper Sec. VI-C: prune to the top-k labels after the warm-up, stop once ranking is stable."""
         k = int(self.fast_top_k)  # type: ignore[arg-type]
-        norm = torch.where(torch.isfinite(reg_best), reg_best, _squash(mask_p).flatten(1).sum(1))
+        reached = torch.isfinite(reg_best)
+        norm = torch.where(reached, reg_best, _squash(mask_p).flatten(1).sum(1))
         if epoch + 1 == int(self.fast_warmup) and norm.numel() > k:
-            order = torch.argsort(norm)
+            # labels that already reach the attack threshold rank first: a backdoor target gets
+            # there early, while every mask is still large and the norms alone are noise
+            order = torch.argsort(norm + torch.where(reached, 0.0, float(norm.max()) + 1.0))
             drop = order[k:]
             pruned[drop] = True
             done[drop] = True
