@@ -162,4 +162,5 @@ def plan_jobs(spec: ZooSpec, num_classes: int) -> list[ModelJob]:
                 srcs = tuple(c for c in range(num_classes) if c != target)
             jobs.append(ModelJob(f"{kind}_{i:05d}", i, True, split, arch, seed, tid, source,
                                  target, srcs))
-    return jobs
+    # interleave clean/poisoned and train/test: a build stopped early is still balanced
+    return sorted(jobs, key=lambda j: (j.index, j.poisoned))
