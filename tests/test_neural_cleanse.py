@@ -92,7 +92,11 @@ def test_source_specific_pairs(backdoor, clean_few):
     few = clean_few.subset(torch.arange(0, len(clean_few), 3)).of_classes([0, 1, 2, 3, 4])
     r = NeuralCleanse(**{**QUICK, "mode": "source_specific", "epochs": 40, "steps_per_epoch": 2,
                          "batch_size": 6}).scan(backdoor["backdoored"], few)
-    assert len(r.extra["pairs"]) == 5 * 10 - 5 and r.trigger["mask"].shape[0] == 45
+    assert len(r.extra["pairs"]) == 5 * 10 - 5 and r.trigger["pair_mask"].shape[0] == 45
+    assert r.trigger["mask"].shape == (10, 1, 16, 16)  # per target: its smallest pair mask
+    best = r.extra["best_pair_per_target"][backdoor["target"]]
+    assert torch.equal(r.trigger["mask"][backdoor["target"]], r.trigger["pair_mask"][best])
+    assert r.extra["pairs"][best][1] == backdoor["target"]
     assert r.backdoored and r.target == backdoor["target"]
     assert r.sources and set(r.sources) <= {1, 2, 3, 4}
 

@@ -104,6 +104,9 @@ def test_figures_generic_hooks():
     # many source-specific pairs: the grid keeps the smallest masks, labelled s→t
     pairs = [[s, t] for s in range(8) for t in range(8) if s != t]
     rp = ScanResult(method="neural_cleanse", backdoored=False,
-                    trigger={"mask": torch.rand(len(pairs), 1, 6, 6), "pattern": torch.rand(len(pairs), 1, 6, 6)},
+                    trigger={"mask": torch.rand(8, 1, 6, 6), "pattern": torch.rand(8, 1, 6, 6),
+                             "pair_mask": torch.rand(len(pairs), 1, 6, 6),
+                             "pair_pattern": torch.rand(len(pairs), 1, 6, 6)},
                     extra={"pairs": pairs})
-    assert len(figures.trigger_figures(rp)) == 1
+    caps = [c for c, _ in figures.trigger_figures(rp)]
+    assert len(caps) == 2 and "every class" in caps[0] and "40 smallest masks of 56" in caps[1]

@@ -146,34 +146,39 @@ def _is_vector(v: Any) -> bool:
     return isinstance(v, list) and len(v) > 1 and all(x is None or isinstance(x, (int, float)) for x in v)
 
 
+def _names(result: ScanResult, k: int) -> list[str]:
+    pairs = result.extra.get("pairs")
+    if isinstance(pairs, list) and len(pairs) == k:
+        return [f"{s}→{t}" for s, t in pairs]
+    return [str(i) for i in range(k)]
+
+
+def _order(mask: torch.Tensor | None, k: int) -> list[int]:
+    """All candidates, or the _MAX_GRID smallest masks (the interesting ones) when there are many."""
+    if mask is not None and k > _MAX_GRID:
+        return torch.argsort(mask.flatten(1).sum(1)).tolist()[:_MAX_GRID]
+    return list(range(min(k, _MAX_GRID)))
+
+
 def trigger_figures(result: ScanResult) -> list[Figure]:
-    """Reversed triggers as image grids: mask / pattern / mask*pattern (Neural Cleanse eq. 2),
-    or any other [K, C, H, W] tensor (additive patterns, maps), rescaled per image."""
+    """Reversed triggers as image grids: mask / pattern / mask*pattern (Neural Cleanse eq. 2) for
+    ``mask``+``pattern`` (and ``pair_mask``+``pair_pattern``), any other [K, C, H, W] tensor
+    (additive patterns, maps) rescaled per image."""
     trig = {k: v for k, v in result.trigger.items()
             if isinstance(v, torch.Tensor) and v.ndim == 4 and v.shape[1] in (1, 3) and v.shape[0] >= 1}
-    if not trig:
-        return []
-    k_all = next(iter(trig.values())).shape[0]
-    pairs = result.extra.get("pairs")
-    if isinstance(pairs, list) and len(pairs) == k_all:
-        names = [f"{s}→{t}" for s, t in pairs]
-    else:
-        names = [str(i) for i in range(k_all)]
-    order = list(range(k_all))
-    if "mask" in trig and k_all > _MAX_GRID:  # many pairs: the smallest masks are the interesting ones
-        order = torch.argsort(trig["mask"].flatten(1).sum(1)).tolist()[:_MAX_GRID]
-    order = order[:_MAX_GRID]
     figs: list[Figure] = []
-    if "mask" in trig and "pattern" in trig and trig["mask"].shape[0] == trig["pattern"].shape[0]:
-        m, p = trig.pop("mask")[order], trig.pop("pattern")[order]
-        l1 = m.flatten(1).sum(1)
-        rows = {"mask": m, "pattern": p, "mask×pattern": m * p}
-        labels = [f"{names[i]}\n|m|={float(v):.0f}" for i, v in zip(order, l1, strict=True)]
-        figs.append((f"{result.method}: reversed trigger of every candidate (mask m, pattern Δ, m·Δ; "
-                     "L1 norm of the mask under each label)", image_grid(rows, labels)))
+    for mk, pk, what in (("mask", "pattern", "every class"), ("pair_mask", "pair_pattern", "every pair")):
+        if mk in trig and pk in trig and trig[mk].shape[0] == trig[pk].shape[0]:
+            m, p = trig.pop(mk), trig.pop(pk)
+            names, order = _names(result, m.shape[0]), _order(m, m.shape[0])
+            m, p = m[order], p[order]
+            labels = [f"{names[i]}\n|m|={float(v):.0f}" for i, v in zip(order, m.flatten(1).sum(1), strict=True)]
+            more = f" ({len(order)} smallest masks of {len(names)})" if len(order) < len(names) else ""
+            figs.append((f"{result.method}: reversed trigger of {what}{more}: mask m, pattern Δ, m·Δ "
+                         "(L1 norm of the mask under each label)",
+                         image_grid({"mask": m, "pattern": p, "mask×pattern": m * p}, labels)))
     for key, v in trig.items():
-        if v.shape[0] != k_all:
-            continue
+        names, order = _names(result, v.shape[0]), _order(None, v.shape[0])
         figs.append((f"{result.method}: {key} per candidate (rescaled per image)",
                      image_grid({key: v[order]}, [names[i] for i in order], signed=(key,))))
     return figs

@@ -315,6 +315,13 @@ class NeuralCleanse(ModelDetector):
         per_target_l1.scatter_reduce_(0, t, l1, reduce="amin")
         per_target_idx = torch.full((num_classes,), -math.inf)
         per_target_idx.scatter_reduce_(0, t, idx, reduce="amax")
+        # trigger["mask"][c] is the smallest pair mask into c, as in all-to-one mode (the
+        # mitigations index it by the target); every pair's mask stays under pair_mask
+        on_t = torch.where(t[None, :] == torch.arange(num_classes)[:, None], l1[None, :], math.inf)
+        best = on_t.argmin(1)
+        trigger = {"mask": trigger["mask"][best], "pattern": trigger["pattern"][best],
+                   "pair_mask": trigger["mask"], "pair_pattern": trigger["pattern"]}
+        extra["best_pair_per_target"] = best.tolist()
         extra["pairs"] = torch.stack([s, t], 1).tolist()
         extra["pair_mask_l1"] = l1.tolist()
         extra["pair_anomaly_index"] = idx.tolist()
