@@ -50,6 +50,7 @@ def train(
     flip: bool = False,
     seed: int = 0,
     progress: ProgressFn | None = None,
+    step_progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
     """Train (or fine-tune) ``model`` in place on ``data`` with cross-entropy.
 
@@ -62,6 +63,8 @@ def train(
         crop: random-crop padding in pixels (0 = off); flip: random horizontal flips.
         seed: shuffling and augmentation seed.
         progress: called after every epoch with {"epoch", "loss", "accuracy", "seconds"}.
+        step_progress: called about 100 times in all with {"step", "steps", "epoch", "loss"}
+            (a one-epoch MNIST run would otherwise show no progress for minutes).
 
     Returns:
         {"loss": last epoch mean loss, "train_accuracy": ..., "seconds": ..., "history": [...]}.
@@ -123,6 +126,8 @@ def train(
                 sched.step()
             step += 1
             tot_loss += float(loss.detach()) * len(idx)
+            if step_progress is not None and (step % max(1, total // 100) == 0 or step == total):
+                step_progress({"step": step, "steps": total, "epoch": epoch + 1, "loss": float(loss.detach())})
             correct += int((logits.argmax(1) == yb).sum())
             seen += len(idx)
         epoch += 1

@@ -232,17 +232,21 @@ def train_cmd(
     console.print(f"training {arch} on {len(train_d)} {data} images ({dev}) for {epochs:g} epoch(s)"
                   + (f", starting from {init}" if init else ""))
     t0 = time.perf_counter()
-    with Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total} epochs"),
+    with Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console) as bar:
-        task = bar.add_task("train", total=math.ceil(epochs), info="")
+        task = bar.add_task("train", total=1.0, info="")
+
+        def step_progress(rec: dict[str, Any]) -> None:
+            bar.update(task, completed=rec["step"] / rec["steps"],
+                       info=f"epoch {rec['epoch']}/{math.ceil(epochs)} loss {rec['loss']:.4f}")
 
         def progress(rec: dict[str, Any]) -> None:
-            bar.update(task, completed=rec["epoch"],
-                       info=f"loss {rec['loss']:.4f} acc {rec['accuracy']:.2%}")
+            bar.update(task, info=f"epoch {rec['epoch']}/{math.ceil(epochs)} loss {rec['loss']:.4f} "
+                                  f"train acc {rec['accuracy']:.2%}")
 
         hist = train(model, train_d, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
                      weight_decay=weight_decay, schedule=schedule, crop=crop, flip=flip, seed=seed,
-                     progress=progress)
+                     progress=progress, step_progress=step_progress)
     res = evaluate_model(model, test_d, spec)
     print_metrics(res, spec, f"{arch} on {data} (test split, {res['n_test']} images)")
     meta: dict[str, Any] = {
