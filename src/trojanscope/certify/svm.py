@@ -137,7 +137,7 @@ def train_svm_liblinear(
         y: labels in {-1, +1}, [P, N].
         rho: radius of the parameter ball.
         weights: non-negative point weights, [P, N] (0 drops a point).
-        bisection: bisection steps on log10 C in [-5, 3].
+        bisection: bisection steps on log10 C within the decade where the norm crosses rho.
         tol: liblinear's stopping tolerance.
     Returns:
         theta, [P, D+1] float64 on x's device, inside the ball.
@@ -156,19 +156,26 @@ def train_svm_liblinear(
         def fit(log_c: float, xp=xp, yp=yp, sw=sw) -> np.ndarray:
             return _liblinear_fit(xp, yp, sw, log_c, rho, tol)
 
-        lo, hi = -5.0, 3.0
-        best = fit(hi)
-        if np.linalg.norm(best) > rho:
-            best = None
-            for _ in range(bisection):
-                mid = (lo + hi) / 2
-                th = fit(mid)
-                if np.linalg.norm(th) > rho:
-                    hi = mid
-                else:
-                    lo, best = mid, th
-            if best is None:
-                best = fit(lo)
+        # decades upward first (liblinear is slow at large C on non-separable, poisoned data,
+        # so never fit far beyond the C that reaches the radius), then bisection in the decade
+        lo, hi, best = -5.0, None, None
+        for e in range(-5, 4):
+            th = fit(float(e))
+            if np.linalg.norm(th) > rho:
+                hi = float(e)
+                break
+            lo, best = float(e), th
+        if hi is not None:
+            if best is None:  # already outside the ball at C = 1e-5: shrink onto it
+                best = th
+            else:
+                for _ in range(bisection):
+                    mid = (lo + hi) / 2
+                    th = fit(mid)
+                    if np.linalg.norm(th) > rho:
+                        hi = mid
+                    else:
+                        lo, best = mid, th
         th = torch.from_numpy(best)[None]
         out.append(project_ball(th, rho))
     return torch.cat(out).to(x.device)
