@@ -138,16 +138,12 @@ def worst_point(
     c_hat = c / c.norm(dim=-1, keepdim=True).clamp(min=1e-300)
     sv = sign.unsqueeze(-1) * normal
     # d(w) = (1 - w) c_hat + w sign v covers nu = w / (1 - w) in [0, inf]; sign * <v, u(w)>
-    # decreases in w and is <= 0 <= s at w = 1, so [0, 1] brackets the multiplier.
-    def at(wv: torch.Tensor) -> torch.Tensor:
-        d = (1 - wv).unsqueeze(-1) * c_hat + wv.unsqueeze(-1) * sv
-        return _ball_box_min(d, a, b, radius)
-
+    # decreases in w and is <= 0 <= s at w = 1 (d = sign v), so [0, 1] brackets the multiplier.
     # The bracket ends keep the very points (and slab values) that were compared: the argmin
     # jumps where a coordinate of d changes sign while the box vertex is inside the ball, and
     # recomputing an end from its w could land on the other side of such a jump by round-off.
     w_lo, w_hi = torch.zeros_like(slab), torch.ones_like(slab)
-    u_lo, u_hi = u0, at(w_hi)
+    u_lo, u_hi = u0, _ball_box_min(sv, a, b, radius)
     p_lo, p_hi = sign * p0, (u_hi * sv).sum(-1)
     grid = torch.linspace(0, 1, _GRID + 1, dtype=c.dtype, device=c.device)[1:-1]
     G = grid.numel()
