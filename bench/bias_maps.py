@@ -179,7 +179,7 @@ def main() -> None:
         t0 = time.perf_counter()
         model, _ = cached_model(f"bias_maps_patch_8to9_ft{args.finetune_per_class}{suffix}_seed{args.seed}",
                                 lambda: None)
-        n2 = 10 if args.quick else 50
+        n2 = 10 if args.quick else 30
         r = BiasMaps(reference=clean, inputs="noise", algorithm="II", n_samples=n2, iterations=10,
                      eps=0.1, seed=args.seed).scan(model, probe)
         payload["algorithm_II"] = {
