@@ -5,7 +5,8 @@ Setup of the paper (sec. 4.1): a BadNets model on MNIST, a 4x4 white square one 
 bottom-right corner, 6000 poisoned training images (added to the 60000 clean ones), target class 1;
 the model is ``borji_cnn`` (2 conv + 2 FC layers, like the paper's 4-layer LeNet), 2 epochs.
 Malicious examples: BEs = triggered test images of other classes that the model sends to class 1;
-AEs = untargeted C&W L2 examples of correctly classified test images (paper, sec. 5). The negatives
+AEs = untargeted C&W L2 examples of correctly classified test images (paper, sec. 5), and PGD
+(Linf 0.3) examples of the same images as a second, far-from-boundary kind of AE. The negatives
 are clean test images. Every detector is fitted on clean *training* images (200 per class; 30% of
 them held out to set the threshold at 5% FPR), the guard's setting (``trojanscope inputs``).
 
@@ -91,15 +92,34 @@ def malicious_sets(model, test, n: int, seed: int, quick: bool) -> dict[str, tor
         xt = trigger().apply(nt.x[: 3 * n])
         hit = model(xt).argmax(1) == TARGET
         be = xt[hit][:n]
-        right = pool.subset(torch.nonzero(model(pool.x[: 3 * n]).argmax(1) == pool.y[: 3 * n]).flatten())
+    rx, ry = attacked_images(model, test, n, seed)
     cw = create("evasion", "cw", steps=50 if quick else 100, binary_search_steps=4 if quick else 5)
-    xa = cw.run(model, right.x[: int(1.2 * n)], right.y[: int(1.2 * n)])
+    xa = cw.run(model, rx, ry)
     with torch.no_grad():
-        ok = model(xa).argmax(1) != right.y[: int(1.2 * n)]
+        ok = model(xa).argmax(1) != ry
     ae = xa[ok][:n]
-    l2 = (xa[ok] - right.x[: int(1.2 * n)][ok]).flatten(1).norm(dim=1)
+    l2 = (xa[ok] - rx[ok]).flatten(1).norm(dim=1)
     return {"clean": clean, "ae": ae, "be": be, "ae_success": float(ok.float().mean()),
-            "ae_l2_mean": float(l2.mean()), "be_hit_rate": float(hit.float().mean())}
+            "ae_l2_mean": float(l2.mean()), "be_hit_rate": float(hit.float().mean()),
+            "right_x": rx, "right_y": ry}
+
+
+def attacked_images(model, test, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 1.2 n correctly classified test images (outside the clean set) that the attacks use."""
+    perm = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))
+    pool = test.subset(perm[n:])
+    with torch.no_grad():
+        right = pool.subset(torch.nonzero(model(pool.x[: 3 * n]).argmax(1) == pool.y[: 3 * n]).flatten())
+    return right.x[: int(1.2 * n)], right.y[: int(1.2 * n)]
+
+
+def pgd_set(model, sets: dict, n: int, seed: int) -> dict:
+    """PGD (Linf eps 0.3, 40 steps of 0.01: Madry et al.'s MNIST setting) on the same images."""
+    pgd = create("evasion", "pgd", eps=0.3, steps=40, step_size=0.01, seed=seed)
+    xa = pgd.run(model, sets["right_x"], sets["right_y"])
+    with torch.no_grad():
+        ok = model(xa).argmax(1) != sets["right_y"]
+    return {"pgd": xa[ok][:n], "pgd_success": float(ok.float().mean())}
 
 
 def single_input_ms(det, x: torch.Tensor, k: int) -> float:
@@ -178,10 +198,13 @@ def main() -> None:
     t0 = time.perf_counter()
     # the C&W examples take minutes on a CPU: cached next to the model (bench/cache, gitignored)
     sets_path = CACHE / f"input_guard_sets{'_quick' if args.quick else ''}_seed{args.seed}.pt"
-    if sets_path.is_file():
-        sets = torch.load(sets_path, weights_only=True)
-    else:
+    sets = torch.load(sets_path, weights_only=True) if sets_path.is_file() else None
+    if sets is None:
         sets = malicious_sets(model, test, n, args.seed, args.quick)
+    if "right_x" not in sets:  # a cache from before PGD: the same images, without C&W again
+        sets["right_x"], sets["right_y"] = attacked_images(model, test, n, args.seed)
+    if "pgd" not in sets:
+        sets.update(pgd_set(model, sets, n, args.seed))
         with atomic_path(sets_path) as tmp:
             torch.save(sets, tmp)
     attack_seconds = time.perf_counter() - t0
@@ -214,6 +237,8 @@ def main() -> None:
             other = "be" if kind == "ae" else "ae"
             scores[label][f"setting_{kind}"] = {"clean": s_clean.numpy(), kind: s_mal.numpy(),
                                                 other: det.score(sets[other]).numpy()}
+            if kind == "ae":  # PGD examples, scored by the AE setting
+                row["auc_pgd"] = roc_auc(s_clean, det.score(sets["pgd"]))
             row[f"auc_{kind}"] = roc_auc(s_clean, s_mal)
             row[f"tpr_{kind}"] = float((s_mal > det.threshold_).float().mean())
             row[f"fpr_clean_test_{kind}"] = float((s_clean > det.threshold_).float().mean())
@@ -224,7 +249,7 @@ def main() -> None:
         if label in PAPER:
             row["paper"] = PAPER[label]
         rows[label] = row
-        print(f"{label:>32}: AUC AE {row['auc_ae']:.4f}  BE {row['auc_be']:.4f}  "
+        print(f"{label:>32}: AUC AE {row['auc_ae']:.4f}  PGD {row['auc_pgd']:.4f}  BE {row['auc_be']:.4f}  "
               f"TPR@5% BE {row['tpr_be']:.3f} (clean test FPR {row['fpr_clean_test_be']:.3f})  "
               f"{row['ms_per_input_batched_be']:.2f} ms/input batched, {row['ms_per_input_single']:.1f} single",
               flush=True)
@@ -235,6 +260,8 @@ def main() -> None:
                   "n_clean": len(sets["clean"]), "n_ae": len(sets["ae"]), "n_be": len(sets["be"]),
                   "ae_attack": "cw (untargeted L2)", "ae_success": sets["ae_success"],
                   "ae_l2_mean": sets["ae_l2_mean"], "be_hit_rate": sets["be_hit_rate"],
+                  "n_pgd": len(sets["pgd"]), "pgd_attack": "pgd linf eps 0.3, 40 steps of 0.01",
+                  "pgd_success": sets["pgd_success"],
                   "attack_seconds": attack_seconds, "clean_reference": f"{len(clean_ref)} training images",
                   "fpr_target": 0.05, "device": "cpu", "threads": torch.get_num_threads()},
         "results": rows, "figures": figs, "seconds": time.perf_counter() - t_start})
