@@ -69,10 +69,11 @@ class NeuralCleanse(ModelDetector):
             for partial backdoors).
         fast_top_k: the paper's speed-up for many labels (Sec. VI-C, Fig. 5): after
             ``fast_warmup`` epochs keep only the ``fast_top_k`` candidates with the smallest
-            masks, and stop when the ranking of their best half has been stable for
-            ``patience`` epochs; None = off. Pruned labels keep their norm at pruning (an upper
-            bound of their smallest mask), which biases the outlier test towards flagging: keep
-            k large enough that the median and MAD come from optimised labels.
+            masks (labels already reaching the attack threshold first), and stop when the ranking
+            of their best half has been stable for ``early_stop_patience`` epochs; None = off.
+            A pruned label's norm at pruning overstates its smallest mask; for the outlier test
+            it is scaled by the median shrink factor (final / at pruning) of the kept labels
+            other than the smallest.
         fast_warmup: epochs before pruning to the top k.
         per_label_loop: run the candidates one at a time (reference for the speed benchmark).
         max_batch: most images per forward pass; larger K * batch_size is split in chunks.
@@ -187,6 +188,7 @@ class NeuralCleanse(ModelDetector):
         weights = pool.float()
         replace = int(sizes.min()) < b
         stable, last_top = 0, None
+        prune_l1 = torch.full((k_all,), math.nan, device=dev)
         chunk = max(1, int(self.max_batch) // b)
         for epoch in range(int(self.epochs)):
             act = torch.nonzero(~done).flatten()
@@ -236,7 +238,8 @@ class NeuralCleanse(ModelDetector):
                     es_best[act] = torch.minimum(rb, eb)
                     done[act] |= up_flag[act] & down_flag[act] & (es_cnt[act] >= es_pat)
                 if fast:
-                    stable, last_top = self._fast_step(epoch, mask_p, reg_best, done, pruned, stable, last_top)
+                    stable, last_top = self._fast_step(epoch, mask_p, reg_best, done, pruned, stable, last_top,
+                                                       prune_l1, es_pat)
                 if progress is not None:
                     progress({"method": self.name, "epoch": epoch + 1, "epochs": int(self.epochs),
                               "active": int((~done).sum()), "candidates": k_all})
@@ -246,10 +249,12 @@ class NeuralCleanse(ModelDetector):
             mask = torch.where(reached[:, None, None, None], best_mask, cur_m)
             pattern = torch.where(reached[:, None, None, None], best_pat, cur_p)
         return {"mask": mask.detach(), "pattern": pattern.detach(), "l1": mask.flatten(1).sum(1),
-                "reached": reached, "cost": cost, "epochs": ran, "pruned": pruned}
+                "reached": reached, "cost": cost, "epochs": ran, "pruned": pruned,
+                "prune_l1": prune_l1}
 
     def _fast_step(self, epoch: int, mask_p: torch.Tensor, reg_best: torch.Tensor, done: torch.Tensor,
-                   pruned: torch.Tensor, stable: int, last_top: set[int] | None) -> tuple[int, set[int] | None]:
+                   pruned: torch.Tensor, stable: int, last_top: set[int] | None, prune_l1: torch.Tensor,
+                   window: int) -> tuple[int, set[int] | None]:
         """Paper Sec. VI-C: prune to the top-k labels after the warm-up, stop once ranking is stable."""
         k = int(self.fast_top_k)  # type: ignore[arg-type]
         reached = torch.isfinite(reg_best)
@@ -259,6 +264,7 @@ class NeuralCleanse(ModelDetector):
             # there early, while every mask is still large and the norms alone are noise
             order = torch.argsort(norm + torch.where(reached, 0.0, float(norm.max()) + 1.0))
             drop = order[k:]
+            prune_l1[:] = _squash(mask_p).flatten(1).sum(1)
             pruned[drop] = True
             done[drop] = True
         if epoch + 1 < int(self.fast_warmup):
@@ -267,7 +273,7 @@ class NeuralCleanse(ModelDetector):
         # the paper's "overlap with the previous iteration": the best half of the kept labels
         top = set(kept[torch.argsort(norm[kept])][: max(1, math.ceil(kept.numel() / 2))].tolist())
         stable = stable + 1 if top == last_top and torch.isfinite(reg_best[kept]).all() else 0
-        if stable >= int(self.patience):
+        if stable >= window:
             done[kept] = True
         return stable, top
 
@@ -286,6 +292,9 @@ class NeuralCleanse(ModelDetector):
         else:
             res = self._reverse(model, x, targets, pool, g, progress, fast)
         l1 = res["l1"].cpu()
+        scale = None
+        if fast and bool(res["pruned"].any()):
+            l1, scale = _extrapolate_pruned(l1, res["prune_l1"].cpu(), res["pruned"].cpu())
         idx = anomaly_index(l1, side="small").float()  # Sec. IV-C, small side = suspicious
         extra: dict[str, Any] = {
             "mode": self.mode, "reached_threshold": res["reached"].cpu().tolist(),
@@ -294,6 +303,8 @@ class NeuralCleanse(ModelDetector):
         }
         if fast:
             extra["pruned"] = res["pruned"].cpu().tolist()
+            extra["pruned_norm_scale"] = scale
+            extra["measured_mask_l1"] = res["l1"].cpu().tolist()
         trigger = {"mask": res["mask"].cpu(), "pattern": res["pattern"].cpu()}
         if self.mode == "all_to_one":
             i = int(torch.argmin(l1))
@@ -329,6 +340,16 @@ class NeuralCleanse(ModelDetector):
                           sources=srcs, statistic=stat, anomaly_index=stat, threshold=self.threshold,
                           per_class={"mask_l1": per_target_l1.tolist(), "anomaly_index": per_target_idx.tolist()},
                           trigger=trigger, extra={**extra, "candidate_target": tgt})
+
+
+def _extrapolate_pruned(l1: torch.Tensor, at_prune: torch.Tensor, pruned: torch.Tensor
+                        ) -> tuple[torch.Tensor, float]:
+    """Fast mode: scale pruned labels' norms (taken at pruning) by the median shrink factor of the
+    kept labels other than the smallest (the suspect), so all norms are comparable."""
+    kept = torch.nonzero(~pruned).flatten()
+    ref = kept[kept != kept[torch.argmin(l1[kept])]] if kept.numel() > 1 else kept
+    scale = float(torch.median(l1[ref] / at_prune[ref].clamp_min(1e-12)))
+    return torch.where(pruned, at_prune * scale, l1), scale
 
 
 def _cpu(g: torch.Generator) -> torch.Generator:
