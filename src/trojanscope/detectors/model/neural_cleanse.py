@@ -73,7 +73,8 @@ class NeuralCleanse(ModelDetector):
             of their best half has been stable for ``early_stop_patience`` epochs; None = off.
             A pruned label's norm at pruning overstates its smallest mask; for the outlier test
             it is scaled by the median shrink factor (final / at pruning) of the kept labels
-            other than the smallest.
+            other than the smallest. Meant for hundreds of labels: with 10 (MNIST) the kept
+            labels are too few for a stable median and it gave a false positive.
         fast_warmup: epochs before pruning to the top k.
         per_label_loop: run the candidates one at a time (reference for the speed benchmark).
         max_batch: most images per forward pass; larger K * batch_size is split in chunks.
