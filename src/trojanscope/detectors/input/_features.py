@@ -113,8 +113,9 @@ def label_change_score(z: torch.Tensor, n: int, stage: str, varsigma_h: float, d
       score = log(beta/(1-alpha)) - log SPRT (many label changes -> high).
     * ``"backdoor"`` (Mutation II): the hypotheses are reversed; "x is a BE" is accepted when
       SPRT >= (1-beta)/alpha; score = log SPRT - log((1-beta)/alpha) (few changes -> high).
-    * ``"both"``: the two-stage procedure of Fig. 3, max of the two margins (each computed from
-      its own counts: pass ``z`` as a pair then).
+
+    The two-stage procedure of Fig. 3 (stage ``"both"`` of the detectors) takes the max of the two
+    margins, each computed from the counts of its own mutation.
     """
     if stage == "adversarial":
         return math.log(beta / (1 - alpha)) - sprt_log_ratio(z, n, varsigma_h - delta, varsigma_h + delta)
@@ -131,6 +132,32 @@ def default_varsigma(stage: str, clean_rate: float) -> float:
     if stage == "backdoor":
         return max(clean_rate / 2, 1e-3)
     return min(max(3 * clean_rate, 0.05), 0.5)
+
+
+class LabelChangeStages:
+    """Mixin of the mutation family (``mutation``, ``uncertainty``): the stages and the SPRT score
+    from label-change counts. The detector has ``stage``, ``varsigma_h``, ``delta``, ``alpha``,
+    ``beta`` parameters."""
+
+    def _stages(self) -> list[str]:
+        check_choice("stage", self.stage, ("backdoor", "adversarial", "both"))
+        return ["adversarial", "backdoor"] if self.stage == "both" else [self.stage]
+
+    def _check_sprt(self) -> None:
+        for k in ("alpha", "beta"):
+            check_positive(k, getattr(self, k), upper=1)
+        check_positive("delta", self.delta, upper=1)
+
+    def _set_varsigma(self, z: dict[str, torch.Tensor], n: int) -> None:
+        """varsigma_h per stage: the parameter, or from the clean counts ``z`` (default_varsigma)."""
+        self.varsigma_ = {st: (default_varsigma(st, float(z[st].float().mean()) / n)
+                               if self.varsigma_h is None else float(self.varsigma_h))
+                          for st in self._stages()}
+
+    def _sprt_score(self, z: dict[str, torch.Tensor], n: int) -> torch.Tensor:
+        margins = [label_change_score(z[st], n, st, self.varsigma_[st], min(self.delta, self.varsigma_[st] / 2),
+                                      self.alpha, self.beta) for st in self._stages()]
+        return torch.stack(margins).amax(0)
 
 
 def check_choice(name: str, value: object, choices: tuple[object, ...]) -> None:

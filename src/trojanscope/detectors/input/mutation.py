@@ -18,15 +18,7 @@ from ..._registry import register
 from ...data import ImageData
 from ...utils import generator, model_device
 from ._base import InputDetector
-from ._features import (
-    check_choice,
-    check_head,
-    check_positive,
-    classifier_head,
-    default_varsigma,
-    head_input,
-    label_change_score,
-)
+from ._features import LabelChangeStages, check_head, check_positive, classifier_head, head_input
 
 
 def gaussian_fuzz(head: nn.Module, n: int, r_mu: float, r_delta: float, g: torch.Generator
@@ -65,7 +57,7 @@ def mutant_predictions(head: nn.Module, params: dict[str, torch.Tensor], h: torc
 
 
 @register("input_detector", "mutation")
-class ModelMutation(InputDetector):
+class ModelMutation(LabelChangeStages, InputDetector):
     """Model mutation detector (Jin et al. sec. 3.2, eq. 3; parameters of Table 2, MNIST).
 
     Score: the SPRT log-ratio margin past the decision bound of the stage (``>= 0`` is the SPRT
@@ -107,27 +99,18 @@ class ModelMutation(InputDetector):
         self.fpr = fpr
         self.seed = seed
 
-    def _stages(self) -> list[str]:
-        return ["adversarial", "backdoor"] if self.stage == "both" else [self.stage]
-
     def _fit(self, model: nn.Module, clean: ImageData) -> None:
-        check_choice("stage", self.stage, ("backdoor", "adversarial", "both"))
+        self._stages()
         check_positive("n_mutants", self.n_mutants, integer=True)
-        for k in ("alpha", "beta"):
-            check_positive(k, getattr(self, k), upper=1)
+        self._check_sprt()
         self.head_ = classifier_head(model)
         check_head(model, self.head_, clean.x[:64])
         g = generator(self.seed)
         self.mutants_: dict[str, dict[str, torch.Tensor]] = {}
-        self.varsigma_: dict[str, float] = {}
         for st in self._stages():
             r_mu, r_delta = (self.r_mu, self.r_delta) if st == "backdoor" else (self.r_mu_ae, self.r_delta_ae)
             self.mutants_[st] = gaussian_fuzz(self.head_, self.n_mutants, r_mu, r_delta, g)
-        rates = self.change_counts(model, clean.x)
-        for st in self._stages():
-            rate = float(rates[st].float().mean()) / self.n_mutants
-            self.varsigma_[st] = (default_varsigma(st, rate) if self.varsigma_h is None
-                                  else float(self.varsigma_h))
+        self._set_varsigma(self.change_counts(model, clean.x), self.n_mutants)
 
     def change_counts(self, model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Label-change counts z [N] per stage: mutants whose label differs from the model's."""
@@ -142,11 +125,7 @@ class ModelMutation(InputDetector):
         return out
 
     def _score(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        z = self.change_counts(model, x)
-        margins = [label_change_score(z[st], self.n_mutants, st, self.varsigma_[st],
-                                      min(self.delta, self.varsigma_[st] / 2), self.alpha, self.beta)
-                   for st in self._stages()]
-        return torch.stack(margins).amax(0)
+        return self._sprt_score(self.change_counts(model, x), self.n_mutants)
 
     @classmethod
     def for_demo(cls) -> ModelMutation:

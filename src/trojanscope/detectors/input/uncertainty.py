@@ -17,15 +17,7 @@ from ..._registry import register
 from ...data import ImageData
 from ...utils import generator
 from ._base import InputDetector
-from ._features import (
-    check_choice,
-    check_head,
-    check_positive,
-    classifier_head,
-    default_varsigma,
-    head_input,
-    label_change_score,
-)
+from ._features import LabelChangeStages, check_head, check_positive, classifier_head, head_input
 
 
 def dropout_masks(head: nn.Module, n: int, rate: float, g: torch.Generator) -> list[torch.Tensor]:
@@ -63,7 +55,7 @@ def dropout_predictions(head: nn.Module, h: torch.Tensor, masks: list[torch.Tens
 
 
 @register("input_detector", "uncertainty")
-class BayesianUncertainty(InputDetector):
+class BayesianUncertainty(LabelChangeStages, InputDetector):
     """MC-dropout label changes through the SPRT of Jin et al. eq. 3 (score as in ``mutation``).
 
     Args:
@@ -97,12 +89,10 @@ class BayesianUncertainty(InputDetector):
         self.fpr = fpr
         self.seed = seed
 
-    def _stages(self) -> list[str]:
-        return ["adversarial", "backdoor"] if self.stage == "both" else [self.stage]
-
     def _fit(self, model: nn.Module, clean: ImageData) -> None:
-        check_choice("stage", self.stage, ("backdoor", "adversarial", "both"))
+        self._stages()
         check_positive("n_samples", self.n_samples, integer=True)
+        self._check_sprt()
         check_positive("rate", self.rate, upper=1)
         check_positive("rate_ae", self.rate_ae, upper=1)
         self.head_ = classifier_head(model)
@@ -111,10 +101,7 @@ class BayesianUncertainty(InputDetector):
         self.masks_ = {st: dropout_masks(self.head_, self.n_samples,
                                          self.rate if st == "backdoor" else self.rate_ae, g)
                        for st in self._stages()}
-        z = self.change_counts(model, clean.x)
-        self.varsigma_ = {st: (default_varsigma(st, float(z[st].float().mean()) / self.n_samples)
-                               if self.varsigma_h is None else float(self.varsigma_h))
-                          for st in self._stages()}
+        self._set_varsigma(self.change_counts(model, clean.x), self.n_samples)
 
     def change_counts(self, model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Label-change counts z [N] per stage under MC dropout."""
@@ -129,11 +116,7 @@ class BayesianUncertainty(InputDetector):
         return out
 
     def _score(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        z = self.change_counts(model, x)
-        margins = [label_change_score(z[st], self.n_samples, st, self.varsigma_[st],
-                                      min(self.delta, self.varsigma_[st] / 2), self.alpha, self.beta)
-                   for st in self._stages()]
-        return torch.stack(margins).amax(0)
+        return self._sprt_score(self.change_counts(model, x), self.n_samples)
 
     @classmethod
     def for_demo(cls) -> BayesianUncertainty:
