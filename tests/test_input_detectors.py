@@ -198,3 +198,29 @@ def test_demo_settings_are_fast(backdoor, clean_few):
         det.fit(backdoor["backdoored"], clean_few)
         det.score(backdoor["test"].x[:100])
         assert time.perf_counter() - t0 < 5, name
+
+
+def test_sprt_score_is_walds_verdict():
+    """Jin et al. eq. 3: score >= 0 exactly when the SPRT accepts "malicious" for the stage."""
+    from trojanscope.detectors.input._features import label_change_score, sprt_log_ratio
+
+    z = torch.arange(0, 101)
+    s_be = label_change_score(z, 100, "backdoor", 0.3, 0.05, 0.05, 0.05)
+    s_ae = label_change_score(z, 100, "adversarial", 0.3, 0.05, 0.05, 0.05)
+    assert (s_be.diff() < 0).all() and (s_ae.diff() > 0).all()  # fewer changes = more BE-like
+    llr = sprt_log_ratio(z, 100, 0.25, 0.35)
+    assert torch.equal(s_be >= 0, llr >= math.log(0.95 / 0.05))
+    assert torch.equal(s_ae >= 0, llr <= math.log(0.05 / 0.95))
+    assert bool(s_be[0] > 0) and bool(s_ae[100] > 0)
+
+
+def test_median_filter_matches_scipy():
+    import numpy as np
+    import scipy.ndimage as nd
+
+    from trojanscope.detectors.input.squeeze import median_filter
+
+    x = torch.rand(2, 3, 9, 7, generator=generator(0))
+    for size in (2, 3):
+        ref = nd.median_filter(x.numpy(), size=(1, 1, size, size))
+        assert np.abs(median_filter(x, size).numpy() - ref).max() < 1e-6
