@@ -25,6 +25,9 @@ from ._base import ModelDetector, ProgressFn, frozen
 from ._stats import ANOMALY_THRESHOLD, robust_z
 
 _INPUTS = ("blank", "noise", "data")
+# Algorithm II: (source, prediction) cells reached by fewer than this share of the examples of a
+# pair (in either model) are left out of the distances
+_MIN_CELL = 0.2
 
 
 def fgsm_steps(model: nn.Module, x: torch.Tensor, target: torch.Tensor, source: torch.Tensor | None,
@@ -90,7 +93,9 @@ class BiasMaps(ModelDetector):
             start is deterministic: with ``n_samples=1`` it is the paper's single blank image;
             with more, every copy gets a random start uniform in [0, eps] (PGD's initialisation;
             the paper notes that more blank samples change the outcome, Fig. 3).
-        algorithm: "I" (targeted, eq. 1) or "II" (source/target pairs, eq. 2).
+        algorithm: "I" (targeted, eq. 1) or "II" (source/target pairs, eq. 2). Algorithm II
+            scores a class by the mean distance of its column over the (source, prediction)
+            cells that at least 20% of a pair's examples reached in both models.
         n_samples: starting inputs per target class (per pair for Algorithm II). Paper: 1000.
         iterations: FGSM steps (paper default 10).
         eps: FGSM step size (paper default 0.1; "moderate values lead to better results").
@@ -289,10 +294,15 @@ class BiasMaps(ModelDetector):
             # [K(source), K(prediction), C, H, W]
             r = theirs["maps"] if theirs is not None else (m.sum(1, keepdim=True) - m) / max(k - 1, 1)
             off = ~torch.eye(k, dtype=torch.bool)
-            pair = torch.where(off, (m - r).flatten(2).norm(dim=2), torch.zeros(()))  # [K, K]
-            dist = pair.sum(0) / off.sum(0)  # a target lights up its column (Fig. 9)
+            # a cell that few examples reached (classes hard to reach from noise) is a mean of a
+            # handful of saturated images: pure noise, so it is left out of the scores
+            counts = ours["counts"] if theirs is None else torch.minimum(ours["counts"], theirs["counts"])
+            valid = off & (counts >= max(2.0, _MIN_CELL * len(starts)))
+            pair = torch.where(valid, (m - r).flatten(2).norm(dim=2), torch.zeros(()))  # [K, K]
+            dist = pair.sum(0) / valid.sum(0).clamp_min(1)  # a target lights up its column (Fig. 9)
             per_class["ratio_pred"] = torch.nanmean(ours["ratio"], dim=0)
             extra["pair_distance"] = pair
+            extra["pair_counts"] = counts
             extra["pair_ratio_pred"] = ours["ratio"]
             w = off.float()[:, :, None, None, None] / (k - 1)
             trigger["bias_maps"] = (m * w).sum(0)  # per prediction, mean over the other sources
@@ -308,7 +318,7 @@ class BiasMaps(ModelDetector):
         per_class.update(distance=dist, z=z)
         if two:
             # a source row lights up outside the target column (Fig. 9)
-            keep = off.clone()
+            keep = valid.clone()
             keep[:, target] = False
             row = (pair * keep).sum(1) / keep.sum(1).clamp_min(1)
             others = [i for i in range(k) if i != target]
