@@ -79,7 +79,6 @@ def model_file(backdoor, tmp_path_factory):
     from trojanscope.models.io import save_model
 
     m = copy.deepcopy(backdoor["backdoored"])
-    m.arch = "small_cnn"  # registry name, so that the file is rebuilt from the registry
     path = tmp_path_factory.mktemp("model") / "bd.safetensors"
     save_model(m, path)
     return path
