@@ -78,6 +78,24 @@ def test_box_solver_matches_scipy_in_higher_dimension():
         assert float((x - mu) @ v) <= s + 1e-9 and bool((x >= 0).all() and (x <= 1).all())
 
 
+def test_box_sphere_solver_stays_inside_with_dominant_coordinates():
+    """One huge objective coordinate and many tiny ones (MNIST border pixels): no round-off exit."""
+    g = torch.Generator().manual_seed(5)
+    D = 784
+    for _ in range(5):
+        c = 1e-6 * torch.randn(D, generator=g, dtype=DT)
+        c[:3] = torch.tensor([40.0, -25.0, 10.0], dtype=DT)
+        mu = torch.rand(D, generator=g, dtype=DT) * 0.3
+        mu[torch.rand(D, generator=g) < 0.3] = 0.0  # always-black pixels: centroid on the box face
+        v = torch.randn(D, generator=g, dtype=DT)
+        v = v / v.norm()
+        r, s = torch.tensor(2.5, dtype=DT), torch.tensor(0.4, dtype=DT)
+        x = worst_point(c, mu, radius=r, normal=v, slab=s, lo=0.0, hi=1.0)
+        assert float((x - mu).norm()) <= float(r) * (1 + 1e-12)
+        assert abs(float((x - mu) @ v)) <= float(s) * (1 + 1e-12)
+        assert bool((x >= 0).all() and (x <= 1).all())
+
+
 def test_slab_alone_needs_a_bound():
     x, y = blobs()
     with pytest.raises(InputError, match="unbounded"):

@@ -57,7 +57,9 @@ def _ball_box_min(d: torch.Tensor, a: torch.Tensor, b: torch.Tensor, r: torch.Te
     m2 = torch.where(safe, m * m, torch.zeros_like(m)).gather(-1, order)
     d2 = (ad * ad).gather(-1, order)
     sat = m2.cumsum(-1)  # squared length of the coordinates saturated by breakpoint k
-    free = d2.sum(-1, keepdim=True) - d2.cumsum(-1)  # sum of d_i^2 still moving freely
+    # sum of d_i^2 still moving freely after breakpoint k: an exclusive suffix sum, summed from
+    # the end (total - prefix would cancel catastrophically when the first terms dominate)
+    free = torch.cat([d2.flip(-1).cumsum(-1).flip(-1)[..., 1:], torch.zeros_like(d2[..., :1])], dim=-1)
     f = sat + free * tb_sorted**2  # ||u(t_k)||^2, non-decreasing in k
     r2 = (r * r).unsqueeze(-1)
     k = (f < r2).sum(-1, keepdim=True)  # breakpoints passed before the sphere binds
@@ -66,8 +68,10 @@ def _ball_box_min(d: torch.Tensor, a: torch.Tensor, b: torch.Tensor, r: torch.Te
     sat_k = torch.where(k > 0, sat.gather(-1, kk), torch.zeros_like(r2))
     free_k = torch.where(k > 0, free.gather(-1, kk), d2.sum(-1, keepdim=True))
     t = ((r2 - sat_k).clamp(min=0) / free_k.clamp(min=1e-300)).sqrt()
-    u = torch.minimum(torch.maximum(-d * t, a), b)
-    return torch.where(k >= D, vertex, u)
+    u = torch.where(k >= D, vertex, torch.minimum(torch.maximum(-d * t, a), b))
+    # round-off guard: shrinking towards the centre keeps the box (a <= 0 <= b) and the slab
+    n = u.norm(dim=-1, keepdim=True)
+    return u * (r.unsqueeze(-1) / n.clamp(min=1e-300)).clamp(max=1.0)
 
 
 def _sphere_slab_closed_form(c: torch.Tensor, v: torch.Tensor, r: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
