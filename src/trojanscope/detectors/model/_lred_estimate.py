@@ -10,7 +10,10 @@ The step rule is either the paper's fixed normalised-gradient step ``delta`` (eq
 adaptive one: the step grows with the pattern (``rel_step * ||v||``, an Euler discretisation of
 the same normalised-gradient path as the tiny fixed step), and when ``Q_t`` overshoots ``pi`` the
 step is undone and halved (no new gradient needed) until it is below ``max(delta, tol*||v||)``,
-so the pattern stops where the fine path would, with far fewer gradient evaluations.
+so the pattern stops where the fine path would, with far fewer gradient evaluations. Because
+Algorithm 1 re-weights once per step of length delta, a coarse step of length ``h`` replays the
+``h/delta`` re-weightings (eqs. 7-8) it stands for (:func:`anneal_repeat`); without that the
+weights lag behind and the annealed norms come out 5-25% larger than the fine path's.
 """
 
 from __future__ import annotations
