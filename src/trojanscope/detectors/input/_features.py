@@ -78,15 +78,18 @@ def sqdist(a: torch.Tensor, b: torch.Tensor, b_sq: torch.Tensor | None = None) -
     return d.clamp_min_(0.0)
 
 
-def knn_vote(d: torch.Tensor, labels: torch.Tensor, k: int, num_classes: int) -> torch.Tensor:
-    """Majority label [N] of the ``k`` nearest references (distances ``d`` [N, M]); ties go to
-    the class whose members are nearer (votes weighted 1 + tiny rank bonus)."""
+def knn_vote(d: torch.Tensor, labels: torch.Tensor, k: int, num_classes: int
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Majority label [N] of the ``k`` nearest references (distances ``d`` [N, M]) and its vote
+    share [N] in (0, 1]; ties go to the class whose members are nearer (votes weighted 1 + a tiny
+    rank bonus)."""
     k = min(k, d.shape[1])
     idx = d.topk(k, dim=1, largest=False).indices  # [N, k], nearest first
     w = 1.0 + 1e-3 * torch.linspace(1, 0, k, device=d.device)
     votes = torch.zeros(d.shape[0], num_classes, device=d.device, dtype=w.dtype)
     votes.scatter_add_(1, labels[idx], w.expand(d.shape[0], k).contiguous())
-    return votes.argmax(1)
+    top = votes.max(1)
+    return top.indices, top.values / w.sum()
 
 
 def sprt_log_ratio(z: torch.Tensor, n: int, p1: float, p0: float) -> torch.Tensor:

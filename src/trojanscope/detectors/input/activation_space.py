@@ -89,7 +89,7 @@ class ActivationSpace(InputDetector):
         self.refs_sq_ = [(r * r).sum(1) for r in self.refs_]
         self.labels_ = clean.y
         # eq. 4 on the clean references, each left out of its own neighbourhood
-        y = self.layer_labels(self.refs_, len(clean), exclude_self=True)
+        y, _ = self.layer_labels(self.refs_, len(clean), exclude_self=True)
         if self.output_is_last_:
             y = torch.cat([y, acts[-1].argmax(1, keepdim=True)], 1)
         switched = (y[:, 1:] != y[:, :-1]).float().mean(0) if y.shape[1] > 1 else torch.zeros(0)
@@ -104,32 +104,47 @@ class ActivationSpace(InputDetector):
     def _knn_part(self, acts: list[torch.Tensor]) -> list[torch.Tensor]:
         return acts[:-1] if self.output_is_last_ else acts
 
-    def layer_labels(self, projected: list[torch.Tensor], n: int, exclude_self: bool = False) -> torch.Tensor:
-        """KNN labels [n, L] from the PCA projections of every layer."""
-        cols = [torch.empty(n, 0, dtype=torch.long, device=self.labels_.device)]
+    def layer_labels(self, projected: list[torch.Tensor], n: int, exclude_self: bool = False
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """KNN labels [n, L] from the PCA projections of every layer, and their vote shares."""
+        dev = self.labels_.device
+        cols, shares = [torch.empty(n, 0, dtype=torch.long, device=dev)], [torch.ones(n, 0, device=dev)]
         for p, ref, ref_sq in zip(projected, self.refs_, self.refs_sq_, strict=True):
-            col = []
+            col, share = [], []
             for i in range(0, len(p), self.batch_size):
                 d = sqdist(p[i : i + self.batch_size], ref, ref_sq)
                 if exclude_self:
                     rows = torch.arange(d.shape[0], device=d.device)
                     d[rows, rows + i] = float("inf")
-                col.append(knn_vote(d, self.labels_, self.k, self.num_classes_))
+                lab, sh = knn_vote(d, self.labels_, self.k, self.num_classes_)
+                col.append(lab)
+                share.append(sh)
             cols.append(torch.cat(col)[:, None])
-        return torch.cat(cols, 1)
+            shares.append(torch.cat(share)[:, None])
+        return torch.cat(cols, 1), torch.cat(shares, 1)
 
-    def log_likelihood(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """LL_x of eq. 5 [N] (higher = behaves like clean inputs)."""
+    def log_likelihood(self, model: nn.Module, x: torch.Tensor, with_shares: bool = False):
+        """LL_x of eq. 5 [N] (higher = behaves like clean inputs); with ``with_shares`` also the
+        mean KNN vote share [N] of the chosen labels."""
         acts = self._activations(model, x)
         proj = [(a - m) @ c for a, (m, c) in zip(self._knn_part(acts), self.pca_, strict=True)]
-        y = self.layer_labels(proj, len(x))
+        y, shares = self.layer_labels(proj, len(x))
         if self.output_is_last_:
             y = torch.cat([y, acts[-1].argmax(1, keepdim=True)], 1)
         if y.shape[1] < 2:
-            return torch.zeros(len(x), device=x.device)
-        sw = y[:, 1:] != y[:, :-1]
-        p = self.p_switch_[None]
-        return torch.where(sw, p.log(), (1 - p).log()).sum(1)
+            ll = torch.zeros(len(x), device=x.device)
+        else:
+            sw = y[:, 1:] != y[:, :-1]
+            p = self.p_switch_[None]
+            ll = torch.where(sw, p.log(), (1 - p).log()).sum(1)
+        if with_shares:
+            share = shares.mean(1) if shares.shape[1] else torch.ones(len(x), device=x.device)
+            return ll, share
+        return ll
 
     def _score(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return -self.log_likelihood(model, x)
+        ll, share = self.log_likelihood(model, x, with_shares=True)
+        # LL_x takes few distinct values, so a threshold at 5% FPR falls inside a block of ties;
+        # ties are broken by how split the neighbours' votes were (a term below 1e-3, small
+        # against the gaps between distinct LL_x values, which are sums of log-probabilities)
+        return -ll + 1e-3 * (1 - share)
