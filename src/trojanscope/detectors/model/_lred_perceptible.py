@@ -64,7 +64,7 @@ class LREDPerceptible(ModelDetector):
 
     @classmethod
     def for_demo(cls) -> LREDPerceptible:
-        return cls(n_per_class=4, steps=100)
+        return cls(n_per_class=6, steps=200)  # 4 images per class gave false alarms on the demo
 
     def _scan(self, model: nn.Module, clean: ImageData, num_classes: int,
               progress: ProgressFn | None) -> ScanResult:

@@ -111,7 +111,7 @@ class LRED(ModelDetector):
 
     @classmethod
     def for_demo(cls) -> LRED:
-        return cls(variant="A", n_per_class=4)
+        return cls(variant="A", n_per_class=8, rel_step=0.2)  # 4 per class: false alarms on the demo
 
     def _check_params(self) -> None:
         if self.variant not in _VARIANTS:
