@@ -19,7 +19,7 @@ import time
 import traceback
 
 import torch
-from _common import RESULTS, load_mnist, parser, write_result
+from _common import RESULTS, load_mnist, mnist_clean_model, parser, write_result
 from nc_mnist import TARGET, badnets_model
 
 from trojanscope.detectors.model.neural_cleanse import NeuralCleanse
@@ -99,8 +99,14 @@ def main() -> None:
     # label's current norm at once to keep the top k
     fast = nc_run(model, clean, False, "nc.batched_fast_top5", **kw, fast_top_k=5, fast_warmup=max(2, epochs // 3))
     print(f"neural_cleanse batched + fast top-5: {fast['seconds']:.1f} s, target {fast['target']}")
+    # and on the clean twin: does the fast mode stay quiet there?
+    clean_model, _ = mnist_clean_model(args.data_dir, seed=args.seed)
+    fast_clean = nc_run(clean_model, clean, False, "nc.batched_fast_top5_clean_model", **kw, fast_top_k=5,
+                        fast_warmup=max(2, epochs // 3))
+    print(f"fast top-5 on the clean model: backdoored={fast_clean['backdoored']}")
     verdict = lambda r: (r["backdoored"], r["target"])  # noqa: E731
     nc = {"batched": batched, "per_label_loop": loop, "batched_fast_top5": fast,
+          "batched_fast_top5_clean_model": fast_clean,
           # CPU seconds of this process: the wall time on a shared machine swings with other load
           "speedup_loop_over_batched": loop["cpu_seconds"] / batched["cpu_seconds"],
           "speedup_loop_over_batched_fast": loop["cpu_seconds"] / fast["cpu_seconds"],
