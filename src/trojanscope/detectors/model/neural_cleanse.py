@@ -165,7 +165,8 @@ class NeuralCleanse(ModelDetector):
 
         Returns:
             dict of mask [K,1,H,W], pattern [K,C,H,W], l1 [K], reached [K] bool, cost [K],
-            epochs [K] (epochs each candidate ran), pruned [K] bool.
+            epochs [K] (epochs each candidate ran), pruned [K] bool, prune_l1 [K] (every mask's
+            L1 norm when the fast mode pruned; NaN without pruning).
         """
         dev = x.device
         k_all, (c, h, w) = targets.numel(), x.shape[1:]
