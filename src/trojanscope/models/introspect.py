@@ -20,8 +20,9 @@ def last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
     layers = named_layers(model, (nn.Linear,))
     if not layers:
         raise InputError(
-            "this model has no nn.Linear output layer that trojanscope can see (a torch.export or "
-            "ONNX model hides its layers); use a state-dict, safetensors or TorchScript model"
+            "this method needs the model's layers, and this model has no nn.Linear output layer "
+            "that trojanscope can see (torch.export, TorchScript and ONNX files hide their layers); "
+            "use a safetensors or state-dict model file"
         )
     return layers[-1]  # type: ignore[return-value]
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..._params import Configurable
-from ..._validate import check_images
+from ..._validate import check_images, check_logits
 from ...data import ImageData
 from ...errors import InputError
 from ...metrics import threshold_at_fpr
@@ -45,8 +45,13 @@ class InputDetector(Configurable):
         dev = model_device(model)
         data = data.to(dev)
         with frozen(model):
-            with torch.no_grad():
-                out = model(data.x[:2])
+            try:
+                with torch.no_grad():
+                    out = model(data.x[:2])
+            except RuntimeError as e:
+                raise InputError(f"the model cannot process the clean images of shape "
+                                 f"{tuple(data.x.shape[1:])}: {str(e).splitlines()[0]}") from None
+            check_logits(out, min(2, len(data)))
             num_classes = int(out.shape[1])
             data = as_image_data(data, num_classes)
             self.model_ = ensure_logits(model, data.x)
