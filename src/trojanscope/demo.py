@@ -137,7 +137,7 @@ def run_demo(out_dir: str | Path = "trojanscope-demo", *, seed: int = 0, log: Lo
             continue
         report["mitigations"].append(r.to_dict())
         log(f"{name:>16}: CTA {r.cta_before:.1%} -> {r.cta_after:.1%}, ASR(true trigger) "
-            f"{r.asr_true_before} -> {r.asr_true_after}")
+            f"{r.asr_true_before:.1%} -> {r.asr_true_after:.1%}")
 
     report["seconds"] = time.perf_counter() - t0
     report = to_jsonable(report)
