@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._params import Configurable
 from .._validate import check_images, check_labels, check_logits
 from ..errors import InputError
 from ..models._logits import ensure_logits
@@ -45,22 +46,12 @@ def lp_norm(v: torch.Tensor, norm: str) -> torch.Tensor:
     return flat.abs().amax(1) if norm == "linf" else flat.norm(dim=1)
 
 
-class EvasionAttack:
+class EvasionAttack(Configurable):
     """``Attack(**params).run(model, x, y, targeted=False) -> x_adv`` with ``x_adv`` in [0, 1].
 
     Subclasses keep their parameters keyword-only in ``__init__`` (stored under the same names, no
     logic there), including ``batch_size`` (and ``seed`` where they draw random numbers).
     """
-
-    def get_params(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items() if not k.endswith("_") and not k.startswith("_")}
-
-    @property
-    def name(self) -> str:
-        return getattr(type(self), "registry_name", type(self).__name__)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.get_params().items())})"
 
     @final
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None,

@@ -19,7 +19,7 @@ from .._params import Configurable
 from .._registry import create
 from ..attacks import Trigger
 from ..data import ImageData
-from ..detectors.model._base import as_image_data, frozen
+from ..detectors.model._base import as_image_data, frozen, probe_num_classes
 from ..errors import InputError
 from ..metrics import accuracy, attack_success_rate
 from ..models._logits import ensure_logits
@@ -121,8 +121,8 @@ class Mitigation(Configurable):
         t0 = time.perf_counter()
         dev = model_device(model)
         data = as_image_data(clean).to(dev)
-        with frozen(model), torch.no_grad():
-            num_classes = int(model(data.x[:2]).shape[1])
+        with frozen(model):
+            num_classes = probe_num_classes(model, data.x)
         data = as_image_data(data, num_classes)
         if test is None:
             data, test = data.split(0.7, seed=self.seed)

@@ -9,14 +9,14 @@ import torch
 from torch import nn
 
 from ..._params import Configurable
-from ..._validate import check_images, check_logits
+from ..._validate import check_images
 from ...data import ImageData
 from ...errors import InputError
 from ...metrics import threshold_at_fpr
 from ...models._logits import ensure_logits
 from ...types import InputScores
 from ...utils import model_device
-from ..model._base import as_image_data, frozen
+from ..model._base import as_image_data, frozen, probe_num_classes
 
 
 class InputDetector(Configurable):
@@ -45,14 +45,7 @@ class InputDetector(Configurable):
         dev = model_device(model)
         data = data.to(dev)
         with frozen(model):
-            try:
-                with torch.no_grad():
-                    out = model(data.x[:2])
-            except RuntimeError as e:
-                raise InputError(f"the model cannot process the clean images of shape "
-                                 f"{tuple(data.x.shape[1:])}: {str(e).splitlines()[0]}") from None
-            check_logits(out, min(2, len(data)))
-            num_classes = int(out.shape[1])
+            num_classes = probe_num_classes(model, data.x)
             data = as_image_data(data, num_classes)
             self.model_ = ensure_logits(model, data.x)
             self.num_classes_ = num_classes

@@ -37,6 +37,19 @@ def as_image_data(clean: ImageData | tuple[torch.Tensor, torch.Tensor], num_clas
     raise InputError("clean data must be an ImageData or an (images, labels) pair")
 
 
+def probe_num_classes(model: nn.Module, x: torch.Tensor) -> int:
+    """Run the model on two images: a clear error if it cannot take them or returns something
+    other than finite [N, K] outputs; returns K."""
+    try:
+        with torch.no_grad():
+            out = model(x[:2])
+    except RuntimeError as e:
+        raise InputError(f"the model cannot process images of shape {tuple(x.shape[1:])}: "
+                         f"{str(e).splitlines()[0]}") from None
+    check_logits(out, min(2, len(x)))
+    return int(out.shape[1])
+
+
 class frozen:
     """Context: eval mode and no parameter gradients for the duration; restores both after.
 
@@ -96,14 +109,7 @@ class ModelDetector(Configurable):
         dev = model_device(model)
         data = data.to(dev)
         with frozen(model):
-            try:
-                with torch.no_grad():
-                    out = model(data.x[:2])
-            except RuntimeError as e:
-                raise InputError(f"the model cannot process the clean images of shape "
-                                 f"{tuple(data.x.shape[1:])}: {str(e).splitlines()[0]}") from None
-            check_logits(out, min(2, len(data)))
-            num_classes = int(out.shape[1])
+            num_classes = probe_num_classes(model, data.x)
             data = as_image_data(data, num_classes)
             net = ensure_logits(model, data.x)
             t0 = time.perf_counter()
