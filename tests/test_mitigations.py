@@ -114,3 +114,34 @@ def test_mitigation_runs_neural_cleanse_when_no_scan(backdoor, repair_data):
         m, clean, test=test, true_trigger=backdoor["trigger"])
     assert res.extra["target"] == backdoor["target"]
     assert res.asr_true_after < 0.3
+
+
+def test_multiple_triggers_need_several_rounds():
+    """Two backdoors (-> 0 and -> 5): one round repairs one target, max_rounds repeats detect +
+    unlearn until the scan no longer flags a label (Neural Cleanse sec. VI)."""
+    from dataclasses import replace
+
+    from trojanscope.attacks import PatchTrigger, PoisoningAttack
+    from trojanscope.data import load_dataset
+    from trojanscope.metrics import attack_success_rate
+    from trojanscope.models import create_model
+    from trojanscope.train import train
+
+    tr, te = load_dataset("digits", "train", size=16), load_dataset("digits", "test", size=16)
+    t1 = PatchTrigger(size=3, location="bottom_right", margin=1)
+    t2 = PatchTrigger(size=3, location="top_left", margin=1, pattern="binary", pattern_seed=3)
+    p1, _ = PoisoningAttack(trigger=t1, target=0, rate=0.1, seed=0).poison_data(tr)
+    p2, _ = PoisoningAttack(trigger=t2, target=5, rate=0.1, seed=1).poison_data(tr)
+    both = replace(tr, x=torch.cat([p1.x, p2.x[len(tr):]]), y=torch.cat([p1.y, p2.y[len(tr):]]))
+    torch.manual_seed(0)
+    m = create_model("small_cnn", 10, (1, 16, 16))
+    train(m, both, epochs=15, lr=0.05, seed=0)
+    assert attack_success_rate(m, te, t1, 0)["asr"] > 0.9 and attack_success_rate(m, te, t2, 5)["asr"] > 0.9
+    nc = ts.get("model_detector", "neural_cleanse").for_demo().get_params()
+    clean = tr.clean_subset(60, seed=1)
+    r = ts.create("mitigation", "unlearn", max_rounds=3, scan_params=nc).apply(m, clean, test=te)
+    rounds = r.extra["rounds"]
+    assert len(rounds) >= 2 and {x["target"] for x in rounds} == {0, 5}, rounds
+    assert attack_success_rate(r.model, te, t1, 0)["asr"] < 0.1
+    assert attack_success_rate(r.model, te, t2, 5)["asr"] < 0.1
+    assert r.cta_after > 0.9
