@@ -44,7 +44,12 @@ def _run_pool(jobs: list[ModelJob], spec_d: dict, zoo_dir: str, workers: int
             for f in done:
                 yield f.result()
     finally:
+        # on an interrupt the jobs in flight die with the build (resume redoes them); left to
+        # finish they would outlive a killed parent as orphaned forkserver workers
+        procs = list((getattr(ex, "_processes", None) or {}).values())
         ex.shutdown(wait=False, cancel_futures=True)
+        for proc in procs:
+            proc.terminate()
 
 
 def _run_ray(jobs: list[ModelJob], spec_d: dict, zoo_dir: str, workers: int
