@@ -61,3 +61,24 @@ def load_user_model(path: Path, data, *, normalize: str | None = None, module: s
     if getattr(net, "in_shape", None) is None:
         net = load_model(path, normalize=ns, in_shape=data.in_shape, device=device or "cpu")
     return net
+
+
+def model_and_data(path: Path, data: str, data_dir: Path | None, splits: tuple[str, ...], *,
+                   normalize: str | None = None, module: str | None = None, arch: str | None = None,
+                   device=None):
+    """Load a model file and the dataset splits it is used with, checking they fit each other.
+
+    The embedded digits come at any size, so they are resized to the model's input; any other
+    dataset of the wrong shape is a clear error. Returns (model, [ImageData per split]).
+    """
+    from ..errors import InputError
+
+    sets = [load_data(data, s, data_dir) for s in splits]
+    model = load_user_model(path, sets[0], normalize=normalize, module=module, arch=arch, device=device)
+    want = tuple(model.in_shape) if getattr(model, "in_shape", None) else sets[0].in_shape
+    if want != sets[0].in_shape:
+        if data == "digits" and want[0] == 1 and want[1] == want[2]:
+            sets = [load_data(data, s, data_dir, size=want[1]) for s in splits]
+        else:
+            raise InputError(f"{Path(path).name} takes {want} images but {data} has {sets[0].in_shape}")
+    return model, sets

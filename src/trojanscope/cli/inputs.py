@@ -10,7 +10,15 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import InputError
-from ._common import DataDirOpt, DataOpt, DeviceOpt, SeedOpt, console, load_data, out
+from ._common import (
+    DataDirOpt,
+    DataOpt,
+    DeviceOpt,
+    SeedOpt,
+    console,
+    model_and_data,
+    out,
+)
 
 DEFAULT_METHODS = "mutation,activation_space,kde,lid"
 
@@ -66,10 +74,8 @@ def inputs_cmd(
     from .._registry import available
     from ..data.files import load_images
     from ..guard import Guard
-    from ..models import load_model
     from ..report.json_report import SCHEMA
     from ..utils import atomic_write_json, resolve_device, to_jsonable, versions
-    from .evaluate import parse_mean_std
 
     methods = [m.strip() for m in method.split(",") if m.strip()]
     known = available("input_detector")
@@ -78,16 +84,8 @@ def inputs_cmd(
         raise InputError(f"unknown --method {', '.join(bad) or '(none)'}; available: {', '.join(known)}")
     params = parse_params(param, methods)
     dev = resolve_device(device)
-    train = load_data(data, "train", data_dir)
-    model = load_model(model_path, normalize=parse_mean_std(normalize), module=module, arch=arch,
-                       num_classes=train.num_classes if (module or arch) else None,
-                       in_shape=train.in_shape if (module or arch) else None, device=dev)
-    want = tuple(model.in_shape) if getattr(model, "in_shape", None) else train.in_shape
-    if want != train.in_shape:
-        if data == "digits" and want[0] == 1 and want[1] == want[2]:
-            train = load_data(data, "train", data_dir, size=want[1])  # digits come at any size
-        else:
-            raise InputError(f"{model_path.name} takes {want} images but {data} has {train.in_shape}")
+    model, (train,) = model_and_data(model_path, data, data_dir, ("train",), normalize=normalize,
+                                     module=module, arch=arch, device=dev)
     x, names = load_images(suspect, size=tuple(train.in_shape[1:]))
     if x.shape[1] != train.in_shape[0]:
         if x.shape[1] == 3 and train.in_shape[0] == 1:

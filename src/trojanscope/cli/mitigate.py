@@ -17,8 +17,7 @@ from ._common import (
     NormalizeOpt,
     SeedOpt,
     console,
-    load_data,
-    load_user_model,
+    model_and_data,
     out,
 )
 from .train import AttackOpt, AttackParamOpt, SourcesOpt, TargetOpt, attack_spec, make_trigger
@@ -68,16 +67,8 @@ def mitigate(
     except TypeError as e:
         raise InputError(f"bad parameter for {method}: {e}") from None
     dev = resolve_device(device)
-    train_d = load_data(data, "train", data_dir)
-    test = load_data(data, "test", data_dir)
-    model = load_user_model(model_path, train_d, normalize=normalize, module=module, arch=arch, device=dev)
-    want = tuple(model.in_shape)
-    if want != train_d.in_shape:
-        if data == "digits" and want[0] == 1 and want[1] == want[2]:
-            train_d = load_data(data, "train", data_dir, size=want[1])
-            test = load_data(data, "test", data_dir, size=want[1])
-        else:
-            raise InputError(f"{model_path.name} takes {want} images but {data} has {train_d.in_shape}")
+    model, (train_d, test) = model_and_data(model_path, data, data_dir, ("train", "test"),
+                                            normalize=normalize, module=module, arch=arch, device=dev)
     recorded = model.metadata.get("attack") if hasattr(model, "metadata") else None
     if attack is None and isinstance(recorded, dict) and recorded.get("name"):
         spec = {k: recorded.get(k) for k in ("name", "params", "target", "sources")}

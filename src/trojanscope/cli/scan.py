@@ -9,7 +9,16 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import InputError
-from ._common import DataDirOpt, DataOpt, DeviceOpt, SeedOpt, console, load_data, out
+from ._common import (
+    DataDirOpt,
+    DataOpt,
+    DeviceOpt,
+    SeedOpt,
+    console,
+    load_user_model,
+    model_and_data,
+    out,
+)
 
 
 def parse_sets(items: list[str] | None, methods: list[str]) -> dict[str, dict[str, Any]]:
@@ -69,10 +78,8 @@ def scan(
     from rich.table import Table
 
     from .._registry import available, get
-    from ..models import load_model
     from ..report.json_report import combined_verdict, scan_report, write_json
     from ..utils import resolve_device
-    from .evaluate import parse_mean_std
 
     methods = [m.strip() for m in method.split(",") if m.strip()]
     known = available("model_detector")
@@ -90,27 +97,13 @@ def scan(
             raise InputError("--ulp is for --method ulp")
         params["ulp"]["ulp_path"] = str(ulp)
     dev = resolve_device(device)
-    clean = load_data(data, split, data_dir)
-
-    def load(path: Path):
-        net = load_model(path, normalize=parse_mean_std(normalize), module=module, arch=arch,
-                         num_classes=clean.num_classes if (module or arch) else None,
-                         in_shape=clean.in_shape if (module or arch) else None, device=dev)
-        if getattr(net, "in_shape", None) is None:  # e.g. TorchScript without a sidecar
-            net = load_model(path, normalize=parse_mean_std(normalize), in_shape=clean.in_shape, device=dev)
-        return net
-
-    model = load(model_path)
+    model, (clean,) = model_and_data(model_path, data, data_dir, (split,), normalize=normalize,
+                                     module=module, arch=arch, device=dev)
     if reference is not None:
         if "bias_maps" not in methods:
             raise InputError("--reference is for --method bias_maps")
-        params["bias_maps"]["reference"] = load(reference)
-    want = tuple(model.in_shape) if getattr(model, "in_shape", None) else clean.in_shape
-    if want != clean.in_shape:
-        if data == "digits" and want[0] == 1 and want[1] == want[2]:
-            clean = load_data(data, split, data_dir, size=want[1])  # digits come at any size
-        else:
-            raise InputError(f"{model_path.name} takes {want} images but {data} has {clean.in_shape}")
+        params["bias_maps"]["reference"] = load_user_model(reference, clean, normalize=normalize,
+                                                           module=module, arch=arch, device=dev)
     few = clean.clean_subset(n_per_class, seed=seed)
     detectors = [_create(m, params[m]) for m in methods]  # bad parameters fail before any work
 
