@@ -74,3 +74,17 @@ def test_trigger_registry_builds_with_defaults_or_says_why(name):
         return
     assert y.shape == x.shape and 0 <= float(y.min()) and float(y.max()) <= 1
 
+
+
+@pytest.mark.parametrize("name", ts.available("model_detector"))
+def test_gradient_methods_refuse_forward_only_models(name, backdoor):
+    """An ONNX model has no gradients: gradient-based scans refuse it up front, clearly."""
+    from trojanscope.models import wrap_model
+
+    cls = ts.get("model_detector", name)
+    if not cls.needs_gradients:
+        pytest.skip(f"{name} is forward-only")
+    det = _demo_instance("model_detector", name)
+    fo = wrap_model(backdoor["backdoored"], num_classes=10, in_shape=(1, 16, 16), forward_only=True)
+    with pytest.raises(ts.InputError, match="gradient"):
+        det.scan(fo, backdoor["train"].clean_subset(2, seed=0))

@@ -105,6 +105,10 @@ class ModelDetector(Configurable):
         """
         if not isinstance(model, nn.Module):
             raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if self.needs_gradients:
+            from ...models.wrap import require_gradients
+
+            require_gradients(model, self.name)  # an ONNX model has none: say so up front
         data = as_image_data(clean)
         dev = model_device(model)
         data = data.to(dev)
