@@ -49,9 +49,11 @@ def mitigate(
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
 ) -> None:
-    """Repair MODEL: Neural Cleanse finds the target and reversed trigger, then the method removes
-    the backdoor; prints CTA/ASR before and after (ASR also with the true trigger given by --attack
-    or recorded in the model's sidecar)."""
+    """Remove a backdoor from MODEL (filter, prune or unlearn); prints CTA/ASR before and after.
+
+    Neural Cleanse first finds the target and the reversed trigger. ASR is also measured with the
+    true trigger when --attack gives it or the model's sidecar records it.
+    """
     from .._registry import available, get
     from ..models import save_model
     from ..report.json_report import SCHEMA
