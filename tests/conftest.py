@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    torch.set_num_threads(1)  # two workers on two cores: do not oversubscribe
+# One thread always: two xdist workers on two cores must not oversubscribe, and a single-process
+# run must train the same fixture models bit for bit (thread count changes float reductions).
+torch.set_num_threads(1)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -326,7 +326,10 @@ class BiasMaps(ModelDetector):
             rz[others] = robust_z(row[others]).float()
             sources = [i for i in others if float(rz[i]) > float(self.threshold)]
             per_class.update(source_distance=row, source_z=rz)
-        extra.update(most_distant_class=target, distance_over_median=ratio)
+        # the verdict has two parts; `threshold` (shown in tables) is only the z part
+        extra.update(most_distant_class=target, distance_over_median=ratio,
+                     verdict_rule=f"z > {self.threshold:g} and distance/median >= {self.min_ratio:g} "
+                                  f"(here z = {stat:.2f}, distance/median = {ratio:.2f})")
         return ScanResult(
             method="bias_maps", backdoored=backdoored, target=target if backdoored else None,
             sources=sources if backdoored else [], statistic=stat, anomaly_index=stat,
