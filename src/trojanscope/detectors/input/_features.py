@@ -10,6 +10,7 @@ from torch import nn
 
 from ...errors import InputError
 from ...models.introspect import last_linear, named_layers, record
+from ...utils import generator
 
 
 def activation_layers(model: nn.Module, last: int | None = None) -> list[nn.Module]:
@@ -138,9 +139,35 @@ def default_varsigma(stage: str, clean_rate: float) -> float:
 
 
 class LabelChangeStages:
-    """Mixin of the mutation family (``mutation``, ``uncertainty``): the stages and the SPRT score
-    from label-change counts. The detector has ``stage``, ``varsigma_h``, ``delta``, ``alpha``,
-    ``beta`` parameters."""
+    """Mixin of the mutation family (``mutation``, ``uncertainty``): perturbed copies of the
+    classifier head vote, the label-change counts go through the SPRT of Jin et al. eq. 3.
+
+    The mixin owns fit, counting and scoring; a detector says only how it perturbs the head:
+    ``_n_copies()``, ``_check_copies()``, ``_draw(stage, g)`` (the perturbations of one stage,
+    drawn once at fit time) and ``_copy_predictions(stage, h)`` (labels [n, N] of the perturbed
+    heads on head inputs ``h``). The detector has ``stage``, ``varsigma_h``, ``delta``,
+    ``alpha``, ``beta``, ``batch_size`` and ``seed`` parameters.
+    """
+
+    def _fit(self, model, clean) -> None:
+        self._stages()
+        self._check_sprt()
+        self._check_copies()
+        self.head_ = classifier_head(model)
+        check_head(model, self.head_, clean.x[:64])
+        g = generator(self.seed)
+        self.copies_ = {st: self._draw(st, g) for st in self._stages()}
+        self._set_varsigma(self.change_counts(model, clean.x), self._n_copies())
+
+    def change_counts(self, model, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Label-change counts z [N] per stage: perturbed heads whose label differs from the model's."""
+        h = head_input(model, self.head_, x, self.batch_size)
+        with torch.no_grad():
+            y0 = self.head_(h).argmax(1)
+        return {st: self._copy_predictions(st, h).ne(y0[None]).sum(0) for st in self.copies_}
+
+    def _score(self, model, x: torch.Tensor) -> torch.Tensor:
+        return self._sprt_score(self.change_counts(model, x), self._n_copies())
 
     def _stages(self) -> list[str]:
         check_choice("stage", self.stage, ("backdoor", "adversarial", "both"))

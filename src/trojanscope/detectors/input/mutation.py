@@ -15,10 +15,8 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from ..._registry import register
-from ...data import ImageData
-from ...utils import generator, model_device
 from ._base import InputDetector
-from ._features import LabelChangeStages, check_head, check_positive, classifier_head, head_input
+from ._features import LabelChangeStages, check_positive
 
 
 def gaussian_fuzz(head: nn.Module, n: int, r_mu: float, r_delta: float, g: torch.Generator
@@ -99,33 +97,19 @@ class ModelMutation(LabelChangeStages, InputDetector):
         self.fpr = fpr
         self.seed = seed
 
-    def _fit(self, model: nn.Module, clean: ImageData) -> None:
-        self._stages()
+    def _n_copies(self) -> int:
+        return self.n_mutants
+
+    def _check_copies(self) -> None:
         check_positive("n_mutants", self.n_mutants, integer=True)
-        self._check_sprt()
-        self.head_ = classifier_head(model)
-        check_head(model, self.head_, clean.x[:64])
-        g = generator(self.seed)
-        self.mutants_: dict[str, dict[str, torch.Tensor]] = {}
-        for st in self._stages():
-            r_mu, r_delta = (self.r_mu, self.r_delta) if st == "backdoor" else (self.r_mu_ae, self.r_delta_ae)
-            self.mutants_[st] = gaussian_fuzz(self.head_, self.n_mutants, r_mu, r_delta, g)
-        self._set_varsigma(self.change_counts(model, clean.x), self.n_mutants)
 
-    def change_counts(self, model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Label-change counts z [N] per stage: mutants whose label differs from the model's."""
-        h = head_input(model, self.head_, x, self.batch_size)
-        with torch.no_grad():
-            y0 = self.head_(h).argmax(1)
-        dev = model_device(model)
-        out = {}
-        for st, params in self.mutants_.items():
-            params = {k: v.to(dev) for k, v in params.items()}
-            out[st] = mutant_predictions(self.head_, params, h, self.batch_size).ne(y0[None]).sum(0)
-        return out
+    def _draw(self, stage: str, g: torch.Generator) -> dict[str, torch.Tensor]:
+        r_mu, r_delta = (self.r_mu, self.r_delta) if stage == "backdoor" else (self.r_mu_ae, self.r_delta_ae)
+        return gaussian_fuzz(self.head_, self.n_mutants, r_mu, r_delta, g)
 
-    def _score(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return self._sprt_score(self.change_counts(model, x), self.n_mutants)
+    def _copy_predictions(self, stage: str, h: torch.Tensor) -> torch.Tensor:
+        params = {k: v.to(h.device) for k, v in self.copies_[stage].items()}
+        return mutant_predictions(self.head_, params, h, self.batch_size)
 
     @classmethod
     def for_demo(cls) -> ModelMutation:

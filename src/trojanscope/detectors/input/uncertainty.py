@@ -14,10 +14,8 @@ import torch
 from torch import nn
 
 from ..._registry import register
-from ...data import ImageData
-from ...utils import generator
 from ._base import InputDetector
-from ._features import LabelChangeStages, check_head, check_positive, classifier_head, head_input
+from ._features import LabelChangeStages, check_positive
 
 
 def dropout_masks(head: nn.Module, n: int, rate: float, g: torch.Generator) -> list[torch.Tensor]:
@@ -89,34 +87,21 @@ class BayesianUncertainty(LabelChangeStages, InputDetector):
         self.fpr = fpr
         self.seed = seed
 
-    def _fit(self, model: nn.Module, clean: ImageData) -> None:
-        self._stages()
+    def _n_copies(self) -> int:
+        return self.n_samples
+
+    def _check_copies(self) -> None:
         check_positive("n_samples", self.n_samples, integer=True)
-        self._check_sprt()
         check_positive("rate", self.rate, upper=1)
         check_positive("rate_ae", self.rate_ae, upper=1)
-        self.head_ = classifier_head(model)
-        check_head(model, self.head_, clean.x[:64])
-        g = generator(self.seed)
-        self.masks_ = {st: dropout_masks(self.head_, self.n_samples,
-                                         self.rate if st == "backdoor" else self.rate_ae, g)
-                       for st in self._stages()}
-        self._set_varsigma(self.change_counts(model, clean.x), self.n_samples)
 
-    def change_counts(self, model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Label-change counts z [N] per stage under MC dropout."""
-        h = head_input(model, self.head_, x, 256)
-        with torch.no_grad():
-            y0 = self.head_(h).argmax(1)
-        out = {}
-        for st, masks in self.masks_.items():
-            z = [dropout_predictions(self.head_, h[i : i + self.batch_size], masks)
-                 .ne(y0[None, i : i + self.batch_size]).sum(0) for i in range(0, len(h), self.batch_size)]
-            out[st] = torch.cat(z)
-        return out
+    def _draw(self, stage: str, g: torch.Generator) -> list[torch.Tensor]:
+        return dropout_masks(self.head_, self.n_samples, self.rate if stage == "backdoor" else self.rate_ae, g)
 
-    def _score(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return self._sprt_score(self.change_counts(model, x), self.n_samples)
+    def _copy_predictions(self, stage: str, h: torch.Tensor) -> torch.Tensor:
+        masks = [m.to(h.device) for m in self.copies_[stage]]
+        return torch.cat([dropout_predictions(self.head_, h[i : i + self.batch_size], masks)
+                          for i in range(0, len(h), self.batch_size)], 1)
 
     @classmethod
     def for_demo(cls) -> BayesianUncertainty:
