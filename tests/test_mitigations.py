@@ -9,7 +9,8 @@ import torch
 from conftest import assert_unchanged, state_snapshot
 
 import trojanscope as ts
-from trojanscope.mitigations._base import ReversedTrigger, reversed_trigger
+from trojanscope.attacks import MaskPatternTrigger
+from trojanscope.mitigations._base import ReversedPerturbation, reversed_trigger
 from trojanscope.mitigations.input_filter import FilteredModel
 
 
@@ -89,8 +90,15 @@ def test_unlearn_true_and_clean_variants(backdoor, repair_data):
 def test_reversed_trigger_forms():
     s = ts.ScanResult(method="x", backdoored=True, target=1, trigger={"pattern": torch.full((3, 1, 4, 4), 0.1)})
     t = reversed_trigger(s)
-    assert isinstance(t, ReversedTrigger) and t.mask is None
+    assert isinstance(t, ReversedPerturbation)
     assert torch.allclose(t.apply(torch.zeros(2, 1, 4, 4)), torch.full((2, 1, 4, 4), 0.1))
+    m = torch.zeros(3, 1, 4, 4)
+    m[1, :, :2, :2] = 1
+    s2 = ts.ScanResult(method="x", backdoored=True, target=1,
+                       trigger={"mask": m, "pattern": torch.ones(3, 1, 4, 4)})
+    t2 = reversed_trigger(s2)
+    assert isinstance(t2, MaskPatternTrigger)
+    assert float(t2.apply(torch.zeros(1, 1, 4, 4)).sum()) == 4
     with pytest.raises(ts.InputError, match="no target"):
         reversed_trigger(ts.ScanResult(method="x", backdoored=False))
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from .._params import Configurable
 from .._registry import create
-from ..attacks import Trigger
+from ..attacks import MaskPatternTrigger, Trigger
 from ..data import ImageData
 from ..detectors.model._base import as_image_data, frozen, probe_num_classes
 from ..errors import InputError
@@ -29,30 +29,21 @@ from ..utils import model_device
 ProgressFn = Callable[[dict[str, Any]], None]
 
 
-class ReversedTrigger(Trigger):
-    """The trigger a scan reverse engineered for one target, as a stampable :class:`Trigger`.
+class ReversedPerturbation(Trigger):
+    """An additive pattern reverse engineered by a scan (L-RED): ``x' = clip(x + v)``.
 
-    Mask + pattern (Neural Cleanse eq. 2): ``x' = (1 - m) * x + m * p``; a pattern alone (L-RED
-    additive perturbation): ``x' = clip(x + v)``.
+    (A mask + pattern, Neural Cleanse eq. 2, is an :class:`~trojanscope.attacks.MaskPatternTrigger`.)
     """
 
-    def __init__(self, *, pattern: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+    def __init__(self, *, pattern: torch.Tensor) -> None:
         self.pattern = pattern
-        self.mask = mask
 
     def _apply(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        p = self.pattern.to(x)
-        if self.mask is None:
-            return x + p
-        m = self.mask.to(x)
-        return (1 - m) * x + m * p
-
-    def mask_pattern(self, in_shape):
-        return None if self.mask is None else (self.mask, self.pattern)
+        return x + self.pattern.to(x)
 
 
-def reversed_trigger(scan: ScanResult, target: int | None = None) -> ReversedTrigger:
-    """The reversed trigger of ``scan`` for its detected target (or ``target``)."""
+def reversed_trigger(scan: ScanResult, target: int | None = None) -> Trigger:
+    """The reversed trigger of ``scan`` for its detected target (or ``target``), as a Trigger."""
     t = scan.target if target is None else target
     if t is None:
         raise InputError(f"the {scan.method} scan found no target label: nothing to mitigate")
@@ -66,7 +57,9 @@ def reversed_trigger(scan: ScanResult, target: int | None = None) -> ReversedTri
         pat = pat[t]
     if mask is not None and mask.ndim == 4:
         mask = mask[t]
-    return ReversedTrigger(pattern=pat.detach().cpu(), mask=None if mask is None else mask.detach().cpu())
+    if mask is None:
+        return ReversedPerturbation(pattern=pat.detach().cpu())
+    return MaskPatternTrigger(mask=mask.detach().cpu(), pattern=pat.detach().cpu())
 
 
 def evaluate(model: nn.Module, data: ImageData, target: int | None, triggers: dict[str, Trigger | None]
@@ -169,7 +162,7 @@ class Mitigation(Configurable):
         (the input filter) override this."""
         return evaluate(model, data, target, triggers)
 
-    def _repair(self, model: nn.Module, clean: ImageData, target: int, trigger: ReversedTrigger,
+    def _repair(self, model: nn.Module, clean: ImageData, target: int, trigger: Trigger,
                 test: ImageData, true_trigger: Trigger | None, progress: ProgressFn | None
                 ) -> dict[str, Any]:  # pragma: no cover
         """Repair ``model`` (a copy, modify freely) for one target; return a dict that may hold

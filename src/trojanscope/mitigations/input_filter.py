@@ -15,10 +15,11 @@ import torch
 from torch import nn
 
 from .._registry import register
+from ..attacks import Trigger
 from ..data import ImageData
 from ..metrics import accuracy, fnr_at_fpr, predict, threshold_at_fpr
 from ..models.introspect import last_linear, record
-from ._base import Mitigation, ReversedTrigger
+from ._base import Mitigation
 
 
 class FilteredModel(nn.Module):
@@ -74,7 +75,7 @@ class InputFilter(Mitigation):
         self.scan_params = scan_params
         self.seed = seed
 
-    def _repair(self, model, clean: ImageData, target, trigger: ReversedTrigger, test, true_trigger, progress):
+    def _repair(self, model, clean: ImageData, target, trigger: Trigger, test, true_trigger, progress):
         inner = model.model if isinstance(model, FilteredModel) else model
         _, lin = last_linear(inner)
         others = clean.of_classes([target], exclude=True).x

@@ -15,11 +15,12 @@ import torch
 from torch import nn
 
 from .._registry import register
+from ..attacks import Trigger
 from ..data import ImageData
 from ..errors import InputError
 from ..metrics import accuracy, attack_success_rate
 from ..models.introspect import last_linear, named_layers, record
-from ._base import Mitigation, ReversedTrigger
+from ._base import Mitigation
 
 
 class ChannelMask(nn.Module):
@@ -90,7 +91,7 @@ class NeuronPruning(Mitigation):
             return conv, mask, False
         raise InputError(f"unknown layer {self.layer!r}; use penultimate or last_conv")
 
-    def _repair(self, model, clean: ImageData, target, trigger: ReversedTrigger, test, true_trigger, progress):
+    def _repair(self, model, clean: ImageData, target, trigger: Trigger, test, true_trigger, progress):
         probe, mask, use_input = self._mask_layer(model)
         others = clean.of_classes([target], exclude=True)
 

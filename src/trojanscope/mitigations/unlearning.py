@@ -13,11 +13,12 @@ from typing import Any
 import torch
 
 from .._registry import register
+from ..attacks import Trigger
 from ..data import ImageData
 from ..errors import InputError
 from ..train import train
 from ..utils import generator
-from ._base import Mitigation, ReversedTrigger
+from ._base import Mitigation
 
 
 @register("mitigation", "unlearn")
@@ -52,7 +53,7 @@ class Unlearning(Mitigation):
         self.scan_params = scan_params
         self.seed = seed
 
-    def _repair(self, model, clean: ImageData, target, trigger: ReversedTrigger, test, true_trigger, progress):
+    def _repair(self, model, clean: ImageData, target, trigger: Trigger, test, true_trigger, progress):
         if self.trigger_source == "reversed":
             stamp = trigger
         elif self.trigger_source == "true":

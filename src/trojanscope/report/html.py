@@ -11,7 +11,6 @@ import datetime as _dt
 import html
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +158,4 @@ def write_html(path: str | Path, title: str, results: list[ScanResult],
             (shown preformatted), or JSON-like data (shown as tables / collapsible JSON).
     """
     atomic_write_bytes(path, render_html(title, results, extra_sections).encode("utf-8"))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)  # a page to share: the temp file's 0600 is too strict
     return Path(path)
