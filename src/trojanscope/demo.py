@@ -48,6 +48,19 @@ def demo_models(seed: int = 0, epochs: int = 15) -> dict[str, Any]:
     return out
 
 
+def _demo_instances(kind: str, methods: list[str] | None, report: dict[str, Any]):
+    """(name, instance) of every registered method of ``kind`` with demo settings; methods that
+    need inputs the demo does not have (``for_demo()`` is None) are recorded as skipped."""
+    for name in _registry.available(kind):
+        if methods and name not in methods:
+            continue
+        inst = _registry.get(kind, name).for_demo()
+        if inst is None:
+            report["skipped"].append({"method": name, "why": "needs inputs the demo does not have"})
+            continue
+        yield name, inst
+
+
 def run_demo(out_dir: str | Path = "trojanscope-demo", *, seed: int = 0, log: Log | None = None,
              methods: list[str] | None = None) -> dict[str, Any]:
     """Run the demo and write ``out_dir/report.json``; returns the report dict."""
@@ -58,7 +71,8 @@ def run_demo(out_dir: str | Path = "trojanscope-demo", *, seed: int = 0, log: Lo
     log("training a clean and a backdoored small CNN on 16x16 digits ...")
     z = demo_models(seed)
     test, trigger, target = z["test"], z["trigger"], z["target"]
-    clean_ref = z["train"].clean_subset(20, seed=seed)
+    clean_ref = z["train"].clean_subset(20, seed=seed)  # what a model scan gets
+    clean_60 = z["train"].clean_subset(60, seed=seed)  # input detectors and repairs get more
     models = {"clean": z["clean"], "backdoored": z["backdoored"]}
     report: dict[str, Any] = {
         "schema": SCHEMA,
@@ -74,13 +88,7 @@ def run_demo(out_dir: str | Path = "trojanscope-demo", *, seed: int = 0, log: Lo
         log(f"{k}: CTA {v['cta']:.1%}  ASR {v['asr']:.1%}")
 
     scans = {"clean": [], "backdoored": []}
-    for name in _registry.available("model_detector"):
-        if methods and name not in methods:
-            continue
-        det = _registry.get("model_detector", name).for_demo()
-        if det is None:
-            report["skipped"].append({"method": name, "why": "needs inputs the demo does not have"})
-            continue
+    for name, det in _demo_instances("model_detector", methods, report):
         for which, m in models.items():
             try:
                 r = det.scan(m, clean_ref)
@@ -98,16 +106,10 @@ def run_demo(out_dir: str | Path = "trojanscope-demo", *, seed: int = 0, log: Lo
 
     x_clean = test.of_classes([target], exclude=True).x
     x_trig = trigger.apply(x_clean)
-    for name in _registry.available("input_detector"):
-        if methods and name not in methods:
-            continue
-        det = _registry.get("input_detector", name).for_demo()
-        if det is None:
-            report["skipped"].append({"method": name, "why": "needs inputs the demo does not have"})
-            continue
+    for name, det in _demo_instances("input_detector", methods, report):
         try:
             t1 = time.perf_counter()
-            det.fit(models["backdoored"], z["train"].clean_subset(60, seed=seed))
+            det.fit(models["backdoored"], clean_60)
             sc, st = det.score(x_clean), det.score(x_trig)
             row = {"method": name, "auc": roc_auc(sc, st), "fpr_clean": float((sc > det.threshold_).float().mean()),
                    "tpr_triggered": float((st > det.threshold_).float().mean()),
@@ -120,16 +122,11 @@ def run_demo(out_dir: str | Path = "trojanscope-demo", *, seed: int = 0, log: Lo
         report["input_detectors"].append(row)
         log(f"{name:>16}: AUC {row['auc']:.3f}  TPR {row['tpr_triggered']:.1%} at FPR {row['fpr_clean']:.1%}")
 
-    for name in _registry.available("mitigation"):
-        if methods and name not in methods:
-            continue
-        mit = _registry.get("mitigation", name).for_demo()
-        if mit is None:
-            continue
-        # reuse the demo's Neural Cleanse scan (mitigations would otherwise run it again)
-        nc = next((r for r in scans["backdoored"] if r.method == "neural_cleanse" and r.backdoored), None)
+    # reuse the demo's Neural Cleanse scan (mitigations would otherwise run it again)
+    nc = next((r for r in scans["backdoored"] if r.method == "neural_cleanse" and r.backdoored), None)
+    for name, mit in _demo_instances("mitigation", methods, report):
         try:
-            r = mit.apply(models["backdoored"], z["train"].clean_subset(60, seed=seed), nc, test=test,
+            r = mit.apply(models["backdoored"], clean_60, nc, test=test,
                           true_trigger=trigger)
         except Exception as e:
             report["skipped"].append({"method": name, "error": repr(e)})
