@@ -19,6 +19,7 @@ from .attacks import PatchTrigger, PoisoningAttack
 from .data import load_dataset
 from .metrics import accuracy, attack_success_rate, roc_auc
 from .models import create_model
+from .report.html import write_html
 from .report.json_report import SCHEMA, write_json
 from .train import train
 from .utils import to_jsonable, versions
@@ -139,12 +140,7 @@ def run_demo(out_dir: str | Path = "trojanscope-demo", *, seed: int = 0, log: Lo
     report["seconds"] = time.perf_counter() - t0
     report = to_jsonable(report)
     write_json(out_dir / "report.json", report)
-    try:  # the HTML report is optional (arrives with the report module)
-        from .report.html import write_html  # type: ignore[attr-defined]
-
-        write_html(out_dir / "report.html", "demo: backdoored small_cnn", scans["backdoored"],
-                   extra_sections={"demo": report})
-        report["html"] = str(out_dir / "report.html")
-    except ImportError:
-        pass
+    write_html(out_dir / "report.html", "demo: backdoored small_cnn", scans["backdoored"],
+               extra_sections={"demo": report})
+    report["html"] = str(out_dir / "report.html")
     return report

@@ -6,6 +6,15 @@ import torch
 from torch import nn
 
 
+def set_mode(module: nn.Module, mode: bool) -> None:
+    """``module.train(mode)`` that also works on torch.export modules, which refuse train()/eval()
+    (they are frozen in eval mode already)."""
+    try:
+        module.train(mode)
+    except (NotImplementedError, RuntimeError):
+        module.training = mode
+
+
 def looks_like_probabilities(out: torch.Tensor, atol: float = 1e-4) -> bool:
     """True when every row is non-negative and sums to 1 (a softmax output)."""
     return bool(out.ndim == 2 and (out >= 0).all() and torch.allclose(out.sum(1), torch.ones(len(out),
@@ -31,10 +40,7 @@ class LogOutput(nn.Module):
 
     def train(self, mode: bool = True) -> LogOutput:
         self.training = mode
-        try:
-            self.inner.train(mode)
-        except (NotImplementedError, RuntimeError):  # frozen torch.export modules
-            pass
+        set_mode(self.inner, mode)
         return self
 
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..utils import generator, model_device
-from ._logits import LogOutput, looks_like_probabilities
+from ._logits import LogOutput, looks_like_probabilities, set_mode
 
 
 class Normalize(nn.Module):
@@ -36,14 +36,6 @@ class Normalize(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
-
-
-def _safe_train(module: nn.Module, mode: bool) -> None:
-    try:
-        module.train(mode)
-    except (NotImplementedError, RuntimeError):
-        # torch.export modules refuse train()/eval(): they are frozen in eval mode already.
-        module.training = mode
 
 
 class WrappedModel(nn.Module):
@@ -77,7 +69,7 @@ class WrappedModel(nn.Module):
     def train(self, mode: bool = True) -> WrappedModel:
         self.training = mode
         for child in self.children():
-            _safe_train(child, mode)
+            set_mode(child, mode)
         return self
 
     @property

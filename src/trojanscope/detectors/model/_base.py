@@ -13,7 +13,7 @@ from ..._params import Configurable
 from ..._validate import check_labels, check_logits
 from ...data import ImageData
 from ...errors import InputError
-from ...models._logits import ensure_logits
+from ...models._logits import ensure_logits, set_mode
 from ...types import ScanResult
 from ...utils import model_device
 
@@ -63,10 +63,7 @@ class frozen:
     def __enter__(self) -> nn.Module:
         self._training = self.model.training
         self._req = [(p, p.requires_grad) for p in self.model.parameters()]
-        try:
-            self.model.eval()
-        except (NotImplementedError, RuntimeError):
-            pass
+        set_mode(self.model, False)
         for p, _ in self._req:
             p.requires_grad_(False)
         return self.model
@@ -74,10 +71,7 @@ class frozen:
     def __exit__(self, *exc: object) -> None:
         for p, r in self._req:
             p.requires_grad_(r)
-        try:
-            self.model.train(self._training)
-        except (NotImplementedError, RuntimeError):
-            pass
+        set_mode(self.model, self._training)
 
 
 class ModelDetector(Configurable):
