@@ -63,11 +63,8 @@ class ImageData:
         """
         if n_per_class <= 0:
             raise InputError("n_per_class must be positive")
-        g = generator(seed)
-        perm = torch.randperm(len(self), generator=g)
-        ys = self.y[perm]
-        chosen = [perm[ys == c][:n_per_class] for c in range(self.num_classes)]
-        idx = torch.cat(chosen)
+        perm, rank = self._shuffled_ranks(seed)
+        idx = perm[rank < n_per_class]
         if idx.numel() == 0:
             raise InputError(f"{self.name or 'dataset'} has no images to sample from")
         return self.subset(idx.sort().values)
@@ -76,15 +73,21 @@ class ImageData:
         """Stratified split into (first, second) with ``fraction`` of each class in the first."""
         if not 0 < fraction < 1:
             raise InputError("split fraction must be in (0, 1)")
-        g = generator(seed)
-        perm = torch.randperm(len(self), generator=g)
-        a, b = [], []
-        for c in range(self.num_classes):
-            idx = perm[self.y[perm] == c]
-            k = round(fraction * idx.numel())
-            a.append(idx[:k])
-            b.append(idx[k:])
-        return self.subset(torch.cat(a).sort().values), self.subset(torch.cat(b).sort().values)
+        perm, rank = self._shuffled_ranks(seed)
+        counts = torch.bincount(self.y, minlength=self.num_classes)
+        first = rank < torch.round(fraction * counts.double()).long()[self.y[perm]]
+        return self.subset(perm[first].sort().values), self.subset(perm[~first].sort().values)
+
+    def _shuffled_ranks(self, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A seeded permutation of the images and each one's rank among its class in that order,
+        so per-class sampling is one mask over all classes at once."""
+        perm = torch.randperm(len(self), generator=generator(seed))
+        ys = self.y[perm]
+        order = torch.sort(ys, stable=True).indices  # grouped by class, shuffled within
+        first_of_class = torch.searchsorted(ys[order], ys[order])
+        rank = torch.empty_like(perm)
+        rank[order] = torch.arange(len(perm)) - first_of_class
+        return perm, rank
 
     def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for i in range(0, len(self), batch_size):

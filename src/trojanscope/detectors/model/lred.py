@@ -179,13 +179,11 @@ class LRED(ModelDetector):
         pr = pairs.cpu()
         r_pair = torch.full((k, k), math.nan, dtype=torch.float64)
         r_pair[pr[:, 0], pr[:, 1]] = r_p
-        r_t = torch.nan_to_num(r_pair, nan=-math.inf).max(0).values  # best source per target
-        # per target: the pattern of its most anomalous pair
-        best_of_t = torch.full((k,), -1, dtype=torch.long)
-        for t in range(k):
-            on_t = torch.nonzero(pr[:, 1] == t).flatten()
-            if len(on_t):
-                best_of_t[t] = on_t[torch.argmax(r_p[on_t])]
+        # per target: its most anomalous pair (index -1 where no pair leads into the target)
+        pair_idx = torch.full((k, k), -1, dtype=torch.long)
+        pair_idx[pr[:, 0], pr[:, 1]] = torch.arange(len(pr))
+        r_t, best_src = torch.nan_to_num(r_pair, nan=-math.inf).max(0)
+        best_of_t = pair_idx[best_src, torch.arange(k)]
         v = est["v"].detach().cpu()
         pattern = torch.stack([v[i] if i >= 0 else torch.zeros_like(v[0]) for i in best_of_t.tolist()])
         src = [s_hat]
@@ -195,8 +193,8 @@ class LRED(ModelDetector):
             # other pairs into t_hat that are individually anomalous at level theta
             g_cdf = stats.gamma.cdf(r_p.numpy(), test["shape"], scale=test["scale"])
             pv = 1.0 - np.power(g_cdf, len(r_p))
-            src = sorted({s_hat} | {int(pr[i, 0]) for i in range(len(pr))
-                                    if int(pr[i, 1]) == t_hat and pv[i] < self.theta})
+            into = (pr[:, 1] == t_hat) & torch.from_numpy(pv < self.theta)
+            src = sorted({s_hat} | set(pr[into, 0].tolist()))
         norm_t = torch.where(r_t > 0, 1.0 / r_t, torch.full_like(r_t, math.inf))
         return ScanResult(
             method="lred", backdoored=backdoored, target=t_hat if backdoored else None,
