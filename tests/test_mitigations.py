@@ -113,8 +113,6 @@ def test_mitigation_refuses_clean_scan_and_bad_model(backdoor, repair_data):
 
 
 def test_mitigation_runs_neural_cleanse_when_no_scan(backdoor, repair_data):
-    if "neural_cleanse" not in ts.available("model_detector"):
-        pytest.skip("neural_cleanse not registered")
     clean, test = repair_data
     m = copy.deepcopy(backdoor["backdoored"])
     det = ts.get("model_detector", "neural_cleanse").for_demo()
