@@ -6,12 +6,13 @@ from typing import Any
 
 import torch
 
+from .._params import Configurable
 from .._validate import check_images, check_labels
 from ..errors import InputError
 from ..utils import generator
 
 
-class Trigger:
+class Trigger(Configurable):
     """A backdoor trigger: ``apply(x)`` stamps it on float NCHW images in [0, 1].
 
     Subclasses implement ``_apply(x, g)``; ``g`` is a generator seeded from ``seed`` so that
@@ -38,13 +39,10 @@ class Trigger:
         return None
 
     def get_params(self) -> dict[str, Any]:
+        """The parameters, with tensors summarised (small ones as lists, large ones by shape)."""
         return {k: (v.tolist() if isinstance(v, torch.Tensor) and v.numel() <= 64 else
                     (list(v.shape) if isinstance(v, torch.Tensor) else v))
                 for k, v in vars(self).items() if not k.startswith("_")}
-
-    def __repr__(self) -> str:
-        ps = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"{type(self).__name__}({ps})"
 
 
 class PoisoningAttack:
