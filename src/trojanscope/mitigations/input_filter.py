@@ -53,6 +53,26 @@ class FilteredModel(nn.Module):
     def predict_with_flags(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return predict(self.model, x), self.flags(x)
 
+    def saveable(self) -> tuple[nn.Module, dict[str, Any]]:
+        """For :func:`~trojanscope.models.save_model`: the model itself, with the filter in the
+        sidecar (any format keeps the logits; :meth:`load` restores the flags)."""
+        return self.model, {"input_filter": {"neurons": self.neurons.tolist(),
+                                             "threshold": self.threshold}}
+
+    @classmethod
+    def load(cls, path, **load_kwargs: Any) -> FilteredModel:
+        """Load a model file written from a FilteredModel, with its filter. The flags need the
+        model's layers, so restore them from ``.safetensors`` or a state dict (a ``.pt2`` or
+        ONNX file keeps the logits only)."""
+        from ..errors import InputError
+        from ..models import load_model
+
+        model = load_model(path, **load_kwargs)
+        spec = (getattr(model, "metadata", None) or {}).get("input_filter")
+        if not isinstance(spec, dict) or "neurons" not in spec or "threshold" not in spec:
+            raise InputError(f"{path} holds no input filter (written by `mitigate --method filter`?)")
+        return cls(model, torch.as_tensor(spec["neurons"], dtype=torch.long), float(spec["threshold"]))
+
 
 @register("mitigation", "filter")
 class InputFilter(Mitigation):

@@ -23,22 +23,56 @@ from ..models.introspect import last_linear, named_layers, record
 from ._base import Mitigation
 
 
-class ChannelMask(nn.Module):
-    """Multiplies channel (dim 1) activations by a 0/1 mask: pruned channels output 0."""
+class _Units:
+    """The prunable units of one layer, switched off by zeroing weights (no extra modules, so the
+    repaired model keeps its architecture and saves in every format, safetensors included).
 
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.register_buffer("mask", torch.ones(channels))
+    ``penultimate``: unit j is input j of the output layer; zeroing column j of its weight is
+    exactly "the neuron outputs 0". ``last_conv``: unit j is output channel j of the last
+    convolution; its filter and bias are zeroed, and a BatchNorm2d right after it gets a zero
+    shift and running mean so the channel stays 0 after normalisation.
+    """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = (1, -1) + (1,) * (x.ndim - 2)
-        return x * self.mask.view(shape).to(x.dtype)
+    def __init__(self, model: nn.Module, layer: str) -> None:
+        if layer == "penultimate":
+            _, self.layer = last_linear(model)
+            self.probe_inputs = True
+            self.bn = None
+        elif layer == "last_conv":
+            convs = named_layers(model, (nn.Conv2d,))
+            if not convs:
+                raise InputError("the model has no nn.Conv2d layer to prune; use layer='penultimate'")
+            name, self.layer = convs[-1]
+            self.probe_inputs = False
+            mods = list(model.named_modules())
+            pos = next(i for i, (n, _) in enumerate(mods) if n == name)
+            nxt = mods[pos + 1][1] if pos + 1 < len(mods) else None
+            self.bn = nxt if isinstance(nxt, nn.BatchNorm2d) else None
+        else:
+            raise InputError(f"unknown layer {layer!r}; use penultimate or last_conv")
 
+    @property
+    def count(self) -> int:
+        w = self.layer.weight
+        return int(w.shape[1] if self.probe_inputs else w.shape[0])
 
-def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, attr = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, attr, new)
+    def pruned(self) -> torch.Tensor:
+        """Bool [count]: units already switched off (read back from the weights)."""
+        w = self.layer.weight
+        w = w.t() if self.probe_inputs else w
+        return (w.flatten(1) == 0).all(1)
+
+    @torch.no_grad()
+    def prune(self, idx: torch.Tensor) -> None:
+        if self.probe_inputs:
+            self.layer.weight[:, idx] = 0
+            return
+        self.layer.weight[idx] = 0
+        if self.layer.bias is not None:
+            self.layer.bias[idx] = 0
+        if self.bn is not None:
+            self.bn.bias[idx] = 0
+            self.bn.running_mean[idx] = 0
 
 
 @register("mitigation", "prune")
@@ -48,7 +82,8 @@ class NeuronPruning(Mitigation):
     Args:
         layer: "penultimate" (the input of the output layer; the paper's default) or
             "last_conv" (the last convolution's output channels; the paper's choice for
-            YouTube Face). A BatchNorm right after that convolution still adds its bias.
+            YouTube Face). Pruning zeroes weights (see :class:`_Units`), so the repaired model
+            keeps its architecture.
         step_fraction: share of the layer's neurons pruned per step (at least one).
         max_fraction: never prune more than this share.
         stop_asr: stop when the reversed trigger's success rate on the clean data is below this.
@@ -68,42 +103,19 @@ class NeuronPruning(Mitigation):
         self.scan_params = scan_params
         self.seed = seed
 
-    def _mask_layer(self, model: nn.Module) -> tuple[nn.Module, ChannelMask, bool]:
-        """(module whose activations rank the neurons, the mask, whether ranking uses its input)."""
-        if self.layer == "penultimate":
-            name, lin = last_linear(model)
-            if isinstance(getattr(model, "_ts_pre_mask", None), ChannelMask):
-                return lin, model._ts_pre_mask, True
-            mask = ChannelMask(lin.in_features)
-            _set_submodule(model, name, nn.Sequential(mask, lin))
-            model._ts_pre_mask = mask
-            return lin, mask, True
-        if self.layer == "last_conv":
-            convs = named_layers(model, (nn.Conv2d,))
-            if not convs:
-                raise InputError("the model has no nn.Conv2d layer to prune; use layer='penultimate'")
-            name, conv = convs[-1]
-            if isinstance(getattr(model, "_ts_conv_mask", None), ChannelMask):
-                return model._ts_conv_mask, model._ts_conv_mask, False
-            mask = ChannelMask(conv.out_channels)
-            _set_submodule(model, name, nn.Sequential(conv, mask))
-            model._ts_conv_mask = mask
-            return conv, mask, False
-        raise InputError(f"unknown layer {self.layer!r}; use penultimate or last_conv")
-
     def _repair(self, model, clean: ImageData, target, trigger: Trigger, test, true_trigger, progress):
-        probe, mask, use_input = self._mask_layer(model)
+        units = _Units(model, self.layer)
         others = clean.of_classes([target], exclude=True)
 
         def acts(x: torch.Tensor) -> torch.Tensor:
-            a = record(model, x, [probe], inputs=use_input)[0]
-            c = mask.mask.numel()
-            return a.view(len(x), c, -1).mean(2)  # conv channels: mean over space
+            a = record(model, x, [units.layer], inputs=units.probe_inputs)[0]
+            return a.view(len(x), units.count, -1).mean(2)  # conv channels: mean over space
 
         diff = acts(trigger.apply(others.x)).mean(0) - acts(clean.x).mean(0)
-        diff[mask.mask == 0] = -math.inf  # already pruned in an earlier round
+        done = units.pruned()
+        diff[done] = -math.inf  # already pruned in an earlier round
         order = diff.argsort(descending=True)
-        n = mask.mask.numel()
+        n = units.count
         step = max(1, math.ceil(self.step_fraction * n))
         limit = int(self.max_fraction * n)
         history: list[dict[str, Any]] = []
@@ -125,9 +137,8 @@ class NeuronPruning(Mitigation):
         i = 0
         while asr >= self.stop_asr and len(pruned) + step <= max(limit, step) and i < n:
             idx = order[i : i + step]
-            idx = idx[mask.mask[idx] > 0]
-            with torch.no_grad():
-                mask.mask[idx] = 0
+            idx = idx[~done[idx]]
+            units.prune(idx)
             pruned += idx.tolist()
             i += step
             asr = record_step()

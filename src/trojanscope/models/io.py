@@ -74,7 +74,14 @@ def save_model(model: nn.Module, path: str | Path, *, mean: Sequence[float] | No
 
     Returns:
         the path written.
+
+    A model that is a runtime wrapper around a network (e.g. the input filter of a mitigation)
+    may define ``saveable() -> (module, sidecar_entries)``: the module is saved and the entries
+    go to the sidecar, so every format (safetensors too) can hold it and a loader can rebuild it.
     """
+    if callable(getattr(model, "saveable", None)):
+        model, entries = model.saveable()
+        metadata = {**(metadata or {}), **entries}
     path = Path(path)
     fmt = format or _format_of(path, for_saving=True)
     net = unwrap(model)
