@@ -160,7 +160,8 @@ def main() -> None:
                 "distance": d, "z": r.per_class["z"], "ratio_pred": r.per_class["ratio_pred"],
                 "reference_ratio_pred": r.per_class.get("reference_ratio_pred"),
                 "peak": peak, "peak_at_source_or_target": peak in (src, tgt),
-                "backdoored": r.backdoored, "target": r.target, "statistic": r.statistic,
+                "backdoored": r.backdoored, "target": r.target, "z_target": r.anomaly_index,
+                "score": r.statistic,
                 "seconds": time.perf_counter() - t0}
             with atomic_path(MAPS / f"{att}{suffix}_{inp}.pt") as tmp:
                 torch.save({**{k: v.cpu() for k, v in r.trigger.items()},
@@ -169,7 +170,7 @@ def main() -> None:
                             "distance": torch.tensor(d), "source": src, "target": tgt}, tmp)
             payload["attacks"][att] = entry
             write_result(name, payload)
-            print(f"{att:>14} {inp:>5}: peak {peak} (source {src}, target {tgt}) z={r.statistic:.2f} "
+            print(f"{att:>14} {inp:>5}: peak {peak} (source {src}, target {tgt}) z={r.anomaly_index:.2f} "
                   f"backdoored={r.backdoored} [{' '.join(f'{v:.2f}' for v in d)}] "
                   f"{time.perf_counter() - t0:.0f}s", flush=True)
         payload["attacks"][att] = entry

@@ -73,6 +73,7 @@ def test_finds_target_and_its_trigger(backdoor, clean_few, finetuned, detector):
 def test_clean_finetune_not_flagged(backdoor, clean_few, finetuned, detector):
     r = detector.scan(finetuned["clean"], clean_few)
     assert not r.backdoored and r.target is None
+    assert r.statistic <= r.threshold  # the one statistic agrees with the two-part rule
     # fine-tuning on clean data moves the maps far less than the backdoor does
     assert max(r.per_class["distance"]) < 0.5 * sorted(
         detector.scan(finetuned["poisoned"], clean_few).per_class["distance"])[-1]
@@ -105,6 +106,10 @@ def test_without_reference_is_labelled_weaker(backdoor, clean_few):
     assert "weaker" in r.extra["comparison"]
     assert r.trigger["reference_maps"].shape == r.trigger["bias_maps"].shape
     assert len(r.per_class["z"]) == 10
+    # the verdict is always "statistic > threshold", whatever the two margins are
+    z, ratio = r.anomaly_index, r.extra["distance_over_median"]
+    assert r.backdoored == (r.statistic > r.threshold) == (z > det.threshold and ratio >= det.min_ratio)
+    assert r.statistic == pytest.approx(min(z / det.threshold, ratio / det.min_ratio))
 
 
 def test_fgsm_step_reaches_target(backdoor, clean_few):

@@ -9,8 +9,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-console = Console(stderr=True)
-out = Console()
+# soft_wrap: log lines are never broken at 80 columns when the output is a pipe or a file
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 DataOpt = Annotated[str, typer.Option("--data", help="dataset name: digits, mnist, fashion_mnist, "
                                       "cifar10, gtsrb, folder:PATH or npz:PATH")]

@@ -20,7 +20,7 @@ def demo(
     from ..demo import run_demo
 
     methods = [m.strip() for m in method.split(",")] if method else None
-    rep = run_demo(out_dir, seed=seed, log=lambda s: console.print(s), methods=methods)
+    rep = run_demo(out_dir, seed=seed, log=lambda s: console.print(s, markup=False), methods=methods)
     out.print(f"report: {out_dir / 'report.json'}" + (f"  html: {rep['html']}" if "html" in rep else ""))
 
 

@@ -47,6 +47,8 @@ def main() -> None:
     """Entry point: user errors become one clear line and exit status 2, never a traceback."""
     import signal
 
+    from rich.markup import escape
+
     from ._common import console
 
     # SIGTERM (kill, a scheduler's timeout) unwinds like Ctrl-C, so long jobs run their cleanup:
@@ -55,7 +57,7 @@ def main() -> None:
     try:
         app()
     except TrojanscopeError as e:
-        console.print(f"[bold red]error:[/] {e}")
+        console.print(f"[bold red]error:[/] {escape(str(e))}")  # a path like a[b] stays as is
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")

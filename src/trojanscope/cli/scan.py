@@ -132,8 +132,9 @@ def scan(
                       f"{r.statistic:.3g}", "-" if r.threshold is None else f"{r.threshold:.3g}",
                       "-" if r.p_value is None else f"{r.p_value:.2g}", f"{r.seconds:.1f}")
     out.print(table)
-    out.print("stat: the method's test statistic (Neural Cleanse: anomaly index); thr: its decision "
-              "threshold (applied to p where a p-value is shown)")
+    out.print("stat: the method's test statistic (Neural Cleanse: anomaly index; bias maps: the "
+              "smaller of its two margins); thr: its decision threshold (applied to p where a "
+              "p-value is shown)")
     comb = combined_verdict(results)
     out.print(f"verdict: {'[bold red]BACKDOORED[/]' if comb['backdoored'] else '[green]clean[/]'} "
               f"({comb['votes']} of {comb['methods']} methods)"

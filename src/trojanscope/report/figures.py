@@ -26,7 +26,7 @@ _FIGURES: dict[str, FigureFn] = {}
 # (L-RED thresholds its p-value, not the per-class r, so no line is drawn there).
 _STAT_KEYS: dict[str, tuple[str, bool]] = {
     "neural_cleanse": ("anomaly_index", True),
-    "bias_maps": ("z", True),
+    "bias_maps": ("score", True),
     "lred": ("r", False),
 }
 _MAX_GRID = 40  # most images in one trigger grid (pairs: the smallest masks first)

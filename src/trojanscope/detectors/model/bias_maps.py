@@ -8,6 +8,7 @@ trigger in the target class's map and as an outlying map-to-map distance for tha
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -105,6 +106,9 @@ class BiasMaps(ModelDetector):
             distance. Fine-tuning on clean data moves every map a little; when those moves are
             nearly equal the MAD is tiny and a 20% difference would score a large z (clean
             fine-tunes of the digits models reached 1.5x the median; backdoored ones ~1.8-2.3x).
+            The result's ``statistic`` is the smaller margin, ``min(z / threshold, distance /
+            median / min_ratio)`` of the most distant class (per class: ``per_class["score"]``),
+            so its ``threshold`` is 1; ``anomaly_index`` is that class's z.
         batch_size: images per forward/backward pass (memory bound only).
         seed: choice of noise / data samples.
     """
@@ -310,11 +314,16 @@ class BiasMaps(ModelDetector):
             trigger["pair_maps"] = m.flatten(0, 1)
             trigger["reference_pair_maps"] = r.flatten(0, 1)
         z = robust_z(dist).float()
-        target = int(z.argmax())
-        stat = float(z[target])
         med = float(dist.median())
-        ratio = float(dist[target]) / med if med > 0 else float("inf")
-        backdoored = stat > float(self.threshold) and ratio >= float(self.min_ratio)
+        ratio = dist / med if med > 0 else torch.full_like(dist, math.inf)
+        # one statistic for the two-part rule (z > threshold and distance/median >= min_ratio):
+        # the smaller of the two margins; both grow with the distance, so its argmax is the
+        # most distant class, and the model is flagged exactly when it exceeds 1
+        score = torch.minimum(z / float(self.threshold), ratio / float(self.min_ratio))
+        target = int(score.argmax())
+        stat, z_t, ratio_t = float(score[target]), float(z[target]), float(ratio[target])
+        backdoored = z_t > float(self.threshold) and ratio_t >= float(self.min_ratio)
+        per_class.update(score=score)
         per_class.update(distance=dist, z=z)
         if two:
             # a source row lights up outside the target column (Fig. 9)
@@ -326,14 +335,12 @@ class BiasMaps(ModelDetector):
             rz[others] = robust_z(row[others]).float()
             sources = [i for i in others if float(rz[i]) > float(self.threshold)]
             per_class.update(source_distance=row, source_z=rz)
-        # the verdict has two parts; `threshold` (shown in tables) is only the z part
-        extra.update(most_distant_class=target, distance_over_median=ratio,
-                     verdict_rule=f"z > {self.threshold:g} and distance/median >= {self.min_ratio:g} "
-                                  f"(here z = {stat:.2f}, distance/median = {ratio:.2f})")
+        extra.update(most_distant_class=target, distance_over_median=ratio_t, z=z_t,
+                     verdict_rule=f"score = min(z / {self.threshold:g}, distance/median / {self.min_ratio:g}) "
+                                  f"> 1 (here z = {z_t:.2f}, distance/median = {ratio_t:.2f}, score = {stat:.2f})")
         return ScanResult(
             method="bias_maps", backdoored=backdoored, target=target if backdoored else None,
-            sources=sources if backdoored else [], statistic=stat, anomaly_index=stat,
-            threshold=float(self.threshold),
+            sources=sources if backdoored else [], statistic=stat, anomaly_index=z_t, threshold=1.0,
             per_class={name: v.tolist() for name, v in per_class.items()},
             trigger=trigger,
             extra={name: (v.tolist() if isinstance(v, torch.Tensor) else v) for name, v in extra.items()},
