@@ -22,6 +22,9 @@ def test_demo_end_to_end(tmp_path):
     assert nc_bd["backdoored"] and nc_bd["target"] == rep["demo"]["target"]
     assert not nc_cl["backdoored"]
     assert not [s for s in rep["skipped"] if "error" in s], rep["skipped"]
+    # experimental methods run only when named
+    assert "lred_perceptible" not in {s["method"] for s in rep["model_scans"]}
+    assert any(s["method"] == "lred_perceptible" and "experimental" in s["why"] for s in rep["skipped"])
     assert {r["method"] for r in rep["mitigations"]} == {"filter", "prune", "unlearn"}
     assert all(r["asr_true_after"] < 0.3 for r in rep["mitigations"])
     assert (tmp_path / "report.html").stat().st_size > 10_000

@@ -42,6 +42,16 @@ def test_scan_flags_backdoored_file_and_writes_reports(model_file, tmp_path, bac
     assert text.count("data:image/png;base64,") >= 2 and "BACKDOORED" in text
 
 
+def test_experimental_method_warns_and_is_marked(model_file, tmp_path):
+    js = tmp_path / "out.json"
+    res = CliRunner().invoke(app, ["scan", str(model_file), "--data", "digits", "--method", "lred_perceptible",
+                                   "--n-per-class", "4", "--set", "lred_perceptible.steps=5", "--json", str(js)])
+    assert res.exit_code == 0, res.output
+    assert "lred_perceptible is experimental" in res.output
+    (r,) = json.loads(js.read_text())["results"]
+    assert "appendix A.3" in r["extra"]["experimental"]
+
+
 @pytest.mark.parametrize("args, err, msg", [
     (["--method", "no_such"], InputError, "available: .*neural_cleanse"),
     (["--set", "neural_cleanse.epochs"], InputError, "method.key=value"),

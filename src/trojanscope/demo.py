@@ -51,11 +51,17 @@ def demo_models(seed: int = 0, epochs: int = 15) -> dict[str, Any]:
 
 def _demo_instances(kind: str, methods: list[str] | None, report: dict[str, Any]):
     """(name, instance) of every registered method of ``kind`` with demo settings; methods that
-    need inputs the demo does not have (``for_demo()`` is None) are recorded as skipped."""
+    need inputs the demo does not have (``for_demo()`` is None) and experimental ones not named
+    in ``methods`` are recorded as skipped."""
     for name in _registry.available(kind):
         if methods and name not in methods:
             continue
-        inst = _registry.get(kind, name).for_demo()
+        cls = _registry.get(kind, name)
+        if getattr(cls, "experimental", None) and not methods:
+            report["skipped"].append({"method": name, "why": f"experimental, run only when named "
+                                      f"(--method {name}): {cls.experimental}"})
+            continue
+        inst = cls.for_demo()
         if inst is None:
             report["skipped"].append({"method": name, "why": "needs inputs the demo does not have"})
             continue
@@ -103,7 +109,11 @@ def run_demo(out_dir: str | Path = "trojanscope-demo", *, seed: int = 0, log: Lo
             d["model"] = which
             report["model_scans"].append(d)
             log(f"{name:>16} on {which:>10}: backdoored={r.backdoored} target={r.target} "
-                f"statistic={r.statistic:.3g} ({r.seconds:.1f}s)")
+                f"statistic={r.statistic:.3g} ({r.seconds:.1f}s)" + (" [experimental]" if det.experimental else ""))
+
+    for sk in report["skipped"]:
+        if "why" in sk:
+            log(f"{sk['method']:>16}: skipped, {sk['why'].split(': ')[0]}")
 
     x_clean = test.of_classes([target], exclude=True).x
     x_trig = trigger.apply(x_clean)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from ..errors import InputError
 from ._common import (
@@ -106,6 +107,9 @@ def scan(
                                                            module=module, arch=arch, device=dev)
     few = clean.clean_subset(n_per_class, seed=seed)
     detectors = [_create(m, params[m]) for m in methods]  # bad parameters fail before any work
+    for det in detectors:
+        if getattr(det, "experimental", None):
+            console.print(f"[yellow]warning:[/] {det.name} is experimental: {escape(det.experimental)}")
 
     results = []
     with console.status("scanning ...") as status:

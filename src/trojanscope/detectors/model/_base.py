@@ -85,6 +85,9 @@ class ModelDetector(Configurable):
 
     #: False for forward-only methods that also work on ONNX models (ULP, noise input).
     needs_gradients: bool = True
+    #: a method whose paper proposes it without an evaluation and whose false-alarm rate is
+    #: known to be poor: the demo runs it only when asked for by name, the CLI warns.
+    experimental: str | None = None
 
 
     @final
@@ -115,6 +118,8 @@ class ModelDetector(Configurable):
             result.seconds = time.perf_counter() - t0
         result.method = self.name
         result.params = self.get_params()
+        if self.experimental:
+            result.extra["experimental"] = self.experimental  # travels into the JSON/HTML reports
         return result
 
     def _scan(self, model: nn.Module, clean: ImageData, num_classes: int,
