@@ -40,7 +40,7 @@ def as_features(x: object, name: str = "features") -> torch.Tensor:
         raise InputError(f"{name} must have shape [N, D] (or [N, C, H, W]) with N > 0, got {tuple(x.shape)}")
     x = x.reshape(x.shape[0], -1).to(torch.float64)
     if not torch.isfinite(x).all():
-        raise InputError(f"{name} contain NaN or infinite values")
+        raise InputError(f"{name}: the points contain NaN or infinite values")
     return x
 
 

@@ -60,7 +60,7 @@ def images_to_float(x: np.ndarray, name: str = "images") -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(x, np.float32) / 255.0)
     x = np.ascontiguousarray(x, np.float32)
     if not np.isfinite(x).all():
-        raise InputError(f"{name} contain NaN or infinite values")
+        raise InputError(f"{name}: the images contain NaN or infinite values")
     if x.min() < 0 or x.max() > 1:
         raise InputError(f"{name}: float images must be in [0, 1] (found [{x.min():.3g}, {x.max():.3g}])")
     return torch.from_numpy(x)
