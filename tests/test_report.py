@@ -110,3 +110,10 @@ def test_figures_generic_hooks():
                     extra={"pairs": pairs})
     caps = [c for c, _ in figures.trigger_figures(rp)]
     assert len(caps) == 2 and "every class" in caps[0] and "40 smallest masks of 56" in caps[1]
+
+
+def test_html_marks_experimental_methods(tmp_path):
+    r = _lred(True)
+    r.method, r.extra = "lred_perceptible", {"experimental": "no experiments <in> the paper"}
+    text = write_html(tmp_path / "r.html", "t", [r, _nc(True)]).read_text()
+    assert text.count("(experimental)") == 1 and "no experiments &lt;in&gt; the paper" in text

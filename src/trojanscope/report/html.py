@@ -61,7 +61,9 @@ def verdict_table(results: list[ScanResult]) -> str:
     rows = ["<tr><th>method</th><th>verdict</th><th>target</th><th>sources</th><th>statistic</th>"
             "<th>threshold</th><th>p-value</th><th>seconds</th></tr>"]
     for r in results:
-        rows.append(f"<tr><td>{_e(r.method)}</td>{_verdict_cell(r.backdoored)}<td>{_num(r.target)}</td>"
+        note = r.extra.get("experimental") if isinstance(r.extra, dict) else None
+        name = _e(r.method) + (f' <span title="{_e(note)}">(experimental)</span>' if note else "")
+        rows.append(f"<tr><td>{name}</td>{_verdict_cell(r.backdoored)}<td>{_num(r.target)}</td>"
                     f"<td>{_e(', '.join(map(str, r.sources)) or '–')}</td><td>{_num(r.statistic)}</td>"
                     f"<td>{_num(r.threshold)}</td><td>{_num(r.p_value)}</td><td>{r.seconds:.1f}</td></tr>")
     return "<table>" + "".join(rows) + "</table>"
