@@ -12,7 +12,12 @@ index of the residuals of a two-way median polish of log pair norms (``log m_st 
 which removes "this source is easy to move" (thin 1s) and "this target is easy to reach" before the
 outlier test.
 
-    python bench/nc_source_specific_mnist.py [--data-dir DIR] [--threads N]
+With ``--more``, the exploratory statistic is also checked on the four 6x6-"C" patch models of
+``bench/bias_maps.py`` (0->3, 2->5, 4->7, 8->9, fine-tuned; source-specific mode only) and on two
+more clean models (seeds 1 and 2). About 7 minutes per source-specific scan on 2 threads; every
+scan is saved as it finishes and a rerun resumes.
+
+    python bench/nc_source_specific_mnist.py [--data-dir DIR] [--threads N] [--more]
 """
 
 from __future__ import annotations
@@ -44,17 +49,24 @@ def two_way_residual_index(m: torch.Tensor) -> tuple[list[int], float]:
     return list(pairs[i]), float(idx[i])
 
 
-def main() -> None:
-    args = parser(__doc__.splitlines()[0]).parse_args()
-    torch.set_num_threads(args.threads or 1)
-    w, i = CACHE / f"{MODEL}.safetensors", CACHE / f"{MODEL}.json"
-    if not (w.is_file() and i.is_file()):
-        raise SystemExit(f"{MODEL} is not cached: run bench/mnist_baseline.py first")
+def cached(name: str) -> torch.nn.Module:
     from safetensors.torch import load_file
 
+    w, i = CACHE / f"{name}.safetensors", CACHE / f"{name}.json"
+    if not (w.is_file() and i.is_file()):
+        raise SystemExit(f"{name} is not cached: run bench/mnist_baseline.py / bench/bias_maps.py first")
     info = json.loads(i.read_text())
-    bd = create_model(info["arch"], info["num_classes"], tuple(info["in_shape"]))
-    bd.load_state_dict(load_file(w))
+    m = create_model(info["arch"], info["num_classes"], tuple(info["in_shape"]))
+    m.load_state_dict(load_file(w))
+    return m.eval()
+
+
+def main() -> None:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--more", action="store_true", help="also the bias-map patch models and two clean seeds")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads or 1)
+    bd = cached(MODEL)
     clean_model, _ = mnist_clean_model(args.data_dir, seed=args.seed)
     clean = load_mnist("test", args.data_dir).clean_subset(20, seed=args.seed)
     kw = dict(epochs=100, steps_per_epoch=6, batch_size=32, seed=args.seed)  # default budget, early stop
@@ -64,28 +76,38 @@ def main() -> None:
     doc = {"paper": "Wang et al., Neural Cleanse, S&P 2019, Sec. VII (source-specific)",
            "model": MODEL, "attack": f"5x5 'C' top right, source {SOURCE} -> target {TARGET}",
            "params": kw, "n_clean_per_class": 20, "runs": runs}
-    for name, model in (("backdoored", bd), ("clean", clean_model)):
-        for mode in ("all_to_one", "source_specific"):
-            key = f"{name}/{mode}"
-            if key in runs:
-                continue
-            r = NeuralCleanse(mode=mode, **kw).scan(model, clean)
-            row = {"backdoored": r.backdoored, "target": r.target, "sources": r.sources,
-                   "anomaly_index": r.statistic, "seconds": r.seconds,
-                   "candidate_target": r.extra["candidate_target"]}
-            if mode == "source_specific":
-                m = torch.full((10, 10), float("nan"))
-                for (s, t), v in zip(r.extra["pairs"], r.extra["pair_mask_l1"], strict=True):
-                    m[s, t] = v
-                smallest = torch.nan_to_num(m, nan=float("inf")).argmin()
-                row.update(pair_mask_l1=m.tolist(),
-                           smallest_pair=[int(smallest // 10), int(smallest % 10)],
-                           exploratory_two_way_residual=dict(
-                               zip(("pair", "index"), two_way_residual_index(m), strict=True)))
-            runs[key] = row
-            print(f"{key}: backdoored={r.backdoored} target={r.target} sources={r.sources} "
-                  f"index={r.statistic:.2f} ({r.seconds:.0f} s)", flush=True)
-            write_result("nc_source_specific_mnist", doc)
+    # (name, model or a function building it, mode, the backdoor's (source, target) or None)
+    jobs = [(name, model, mode, pair) for name, model, pair in (("backdoored", bd, [SOURCE, TARGET]),
+                                                                 ("clean", clean_model, None))
+            for mode in ("all_to_one", "source_specific")]
+    if args.more:
+        jobs += [(f"patch_{a}to{b}", lambda a=a, b=b: cached(f"bias_maps_patch_{a}to{b}_ft1000_seed0"),
+                  "source_specific", [a, b]) for a, b in ((0, 3), (2, 5), (4, 7), (8, 9))]
+        jobs += [(f"clean_seed{s}", lambda s=s: mnist_clean_model(args.data_dir, seed=s)[0], "source_specific", None)
+                 for s in (1, 2)]
+    for name, model, mode, pair in jobs:
+        key = f"{name}/{mode}"
+        if key in runs:
+            continue
+        if callable(model) and not isinstance(model, torch.nn.Module):
+            model = model()
+        r = NeuralCleanse(mode=mode, **kw).scan(model, clean)
+        row = {"true_pair": pair, "backdoored": r.backdoored, "target": r.target, "sources": r.sources,
+               "anomaly_index": r.statistic, "seconds": r.seconds,
+               "candidate_target": r.extra["candidate_target"]}
+        if mode == "source_specific":
+            m = torch.full((10, 10), float("nan"))
+            for (s, t), v in zip(r.extra["pairs"], r.extra["pair_mask_l1"], strict=True):
+                m[s, t] = v
+            smallest = torch.nan_to_num(m, nan=float("inf")).argmin()
+            row.update(pair_mask_l1=m.tolist(),
+                       smallest_pair=[int(smallest // 10), int(smallest % 10)],
+                       exploratory_two_way_residual=dict(
+                           zip(("pair", "index"), two_way_residual_index(m), strict=True)))
+        runs[key] = row
+        print(f"{key}: backdoored={r.backdoored} target={r.target} sources={r.sources} "
+              f"index={r.statistic:.2f} ({r.seconds:.0f} s)", flush=True)
+        write_result("nc_source_specific_mnist", doc)
     print("wrote", write_result("nc_source_specific_mnist", doc))
 
 
