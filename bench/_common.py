@@ -92,6 +92,17 @@ def cached_model(name: str, build: Callable[[], tuple[torch.nn.Module, dict[str,
         return model, info
 
 
+def cached_only(name: str) -> torch.nn.Module | None:
+    """A model another bench script built into ``bench/cache/<name>``, or None if it is not there."""
+    if not (CACHE / f"{name}.safetensors").is_file() or not (CACHE / f"{name}.json").is_file():
+        return None
+
+    def missing() -> tuple[torch.nn.Module, dict[str, Any]]:  # pragma: no cover - checked above
+        raise FileNotFoundError(name)
+
+    return cached_model(name, missing)[0]
+
+
 def mnist_clean_model(root: str | Path | None = None, seed: int = 0) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The shared clean MNIST ``borji_cnn`` (1 epoch SGD momentum 0.9, lr 0.05, batch 64: CTA ~98.5%)."""
     from trojanscope.metrics import accuracy

@@ -22,26 +22,12 @@ from __future__ import annotations
 import json
 
 import torch
-from _common import CACHE, RESULTS, load_mnist, mnist_clean_model, parser, write_result
+from _common import RESULTS, cached_only, load_mnist, mnist_clean_model, parser, write_result
 from nc_mnist import badnets_model
 
 from trojanscope.detectors.model.lred import LREDPerceptible
-from trojanscope.models import create_model
 
 SEEDS = (0, 1, 2)
-
-
-def cached_only(name: str) -> torch.nn.Module | None:
-    """A model another bench script built and cached, or None."""
-    from safetensors.torch import load_file
-
-    w, i = CACHE / f"{name}.safetensors", CACHE / f"{name}.json"
-    if not (w.is_file() and i.is_file()):
-        return None
-    info = json.loads(i.read_text())
-    m = create_model(info["arch"], info["num_classes"], tuple(info["in_shape"]))
-    m.load_state_dict(load_file(w))
-    return m.eval()
 
 
 def main() -> None:

@@ -25,11 +25,10 @@ from __future__ import annotations
 import json
 
 import torch
-from _common import CACHE, RESULTS, load_mnist, mnist_clean_model, parser, write_result
+from _common import RESULTS, cached_only, load_mnist, mnist_clean_model, parser, write_result
 
 from trojanscope.detectors.model._stats import anomaly_index
 from trojanscope.detectors.model.neural_cleanse import NeuralCleanse
-from trojanscope.models import create_model
 
 MODEL = "mnist_borji_8to9_2000"
 SOURCE, TARGET = 8, 9
@@ -50,15 +49,10 @@ def two_way_residual_index(m: torch.Tensor) -> tuple[list[int], float]:
 
 
 def cached(name: str) -> torch.nn.Module:
-    from safetensors.torch import load_file
-
-    w, i = CACHE / f"{name}.safetensors", CACHE / f"{name}.json"
-    if not (w.is_file() and i.is_file()):
+    model = cached_only(name)
+    if model is None:
         raise SystemExit(f"{name} is not cached: run bench/mnist_baseline.py / bench/bias_maps.py first")
-    info = json.loads(i.read_text())
-    m = create_model(info["arch"], info["num_classes"], tuple(info["in_shape"]))
-    m.load_state_dict(load_file(w))
-    return m.eval()
+    return model
 
 
 def main() -> None:
