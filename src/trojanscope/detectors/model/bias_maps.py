@@ -323,8 +323,7 @@ class BiasMaps(ModelDetector):
         target = int(score.argmax())
         stat, z_t, ratio_t = float(score[target]), float(z[target]), float(ratio[target])
         backdoored = z_t > float(self.threshold) and ratio_t >= float(self.min_ratio)
-        per_class.update(score=score)
-        per_class.update(distance=dist, z=z)
+        per_class.update(score=score, distance=dist, z=z)
         if two:
             # a source row lights up outside the target column (Fig. 9)
             keep = valid.clone()
