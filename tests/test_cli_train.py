@@ -127,3 +127,26 @@ def test_fine_tune_from_a_model_file(trained, tmp_path):
     assert ft["training"]["init"] == str(path) and ft["arch"] == "small_cnn"
     # a tiny learning rate keeps the trained weights (a fresh network would be near chance)
     assert ft["metrics"]["cta"] > side["metrics"]["cta"] - 0.05
+
+
+def test_blend_bank_of_a_class():
+    """``--attack-param image=class:N``: every poisoned input blends a random image of class N."""
+    import torch
+
+    from trojanscope.cli.train import make_trigger
+    from trojanscope.data import load_dataset
+
+    data = load_dataset("digits", "test")
+    trig = make_trigger("blend", {"image": "class:9", "alpha": 0.5, "mode": "mix"}, data)
+    out = trig.apply(torch.zeros(20, *data.in_shape))
+    bank = 0.5 * data.of_classes([9]).x
+    # each output is half of one class-9 image, and not all from the same one
+    dist = torch.cdist(out.flatten(1), bank.flatten(1))
+    assert torch.all(dist.min(1).values < 1e-5)
+    assert len(set(dist.argmin(1).tolist())) > 1
+    with pytest.raises(InputError, match="no images of class 12"):
+        make_trigger("blend", {"image": "class:12"}, data)
+    with pytest.raises(InputError, match="class:N"):
+        make_trigger("blend", {"image": "class:x"}, data)
+    with pytest.raises(InputError, match="needs a dataset"):
+        make_trigger("blend", {"image": "class:9"})

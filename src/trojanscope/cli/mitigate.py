@@ -77,7 +77,7 @@ def mitigate(
         console.print(f"true trigger from the sidecar: {spec['name']} -> class {spec['target']}")
     else:
         spec = attack_spec(attack, target, sources, attack_param, train_d.num_classes)
-    true_trigger = make_trigger(spec["name"], spec.get("params") or {}) if spec else None
+    true_trigger = make_trigger(spec["name"], spec.get("params") or {}, test) if spec else None
     clean = train_d.clean_subset(n_per_class, seed=seed)
 
     with console.status(f"{method}: scanning and repairing ..."):

@@ -57,10 +57,26 @@ def parse_params(items: list[str] | None) -> dict[str, Any]:
     return params
 
 
-def make_trigger(name: str, params: dict[str, Any]):
-    """Build a registered trigger with a clear error for a wrong parameter."""
+def make_trigger(name: str, params: dict[str, Any], data=None):
+    """Build a registered trigger with a clear error for a wrong parameter.
+
+    ``image=class:N`` (blend) stands for a bank of every image of class N in ``data`` (Borji exp.
+    III: each poisoned input gets a random image of the target class), so a sidecar can record
+    it and evaluation rebuilds it from its own split.
+    """
     from ..attacks import create_trigger
 
+    image = params.get("image")
+    if isinstance(image, str) and image.lower().startswith("class:"):
+        try:
+            cls = int(image.split(":", 1)[1])
+        except ValueError:
+            raise InputError(f"image={image!r}: expected class:N with an integer N") from None
+        if data is None:
+            raise InputError(f"image={image!r} needs a dataset to take the images from")
+        if not 0 <= cls < data.num_classes or not bool((data.y == cls).any()):
+            raise InputError(f"image={image!r}: the data has no images of class {cls}")
+        params = {**params, "image": data.of_classes([cls]).x}
     try:
         return create_trigger(name, **params)
     except TypeError as e:
@@ -99,7 +115,7 @@ def evaluate_model(model, test, spec: dict[str, Any] | None) -> dict[str, Any]:
                          f"{tuple(shape)}")
     res: dict[str, Any] = {"cta": accuracy(model, test), "n_test": len(test)}
     if spec is not None:
-        trig = make_trigger(spec["name"], spec["params"])
+        trig = make_trigger(spec["name"], spec["params"], test)
         asr = attack_success_rate(model, test, trig, spec["target"], spec["sources"])
         res.update(asr=asr["asr"], asr_per_source=asr["per_source"], trigger=repr(trig))
     return res
@@ -207,7 +223,7 @@ def train_cmd(
         if given != 1:
             raise InputError("with --attack give exactly one of --poison-count, --poison-rate, "
                              "--poison-per-source")
-        trig = make_trigger(spec["name"], spec["params"])
+        trig = make_trigger(spec["name"], spec["params"], train_d)
         atk = PoisoningAttack(trigger=trig, target=spec["target"], sources=spec["sources"], count=poison_count,
                               count_per_source=poison_per_source, rate=poison_rate,
                               remove_originals=remove_originals, seed=seed)
