@@ -112,3 +112,20 @@ def test_registered_and_demo_settings():
     det = ts.create("model_detector", "neural_cleanse")
     assert isinstance(det, NeuralCleanse) and det.get_params()["init_cost"] == 1e-3
     assert isinstance(NeuralCleanse.for_demo(), NeuralCleanse)
+
+
+def test_saturated_masks_stay_in_unit_range_and_stamp():
+    """A long run saturates tanh; float32 rounding used to give masks of -6e-8, which the
+    mitigations' MaskPatternTrigger refused ("mask values must be in [0, 1]")."""
+    from trojanscope.detectors.model.neural_cleanse import _squash
+    from trojanscope.mitigations._base import reversed_trigger
+    from trojanscope.types import ScanResult
+
+    v = _squash(torch.tensor([-1e4, -50.0, -9.0, 0.0, 9.0, 50.0, 1e4]))
+    assert float(v.min()) >= 0.0 and float(v.max()) <= 1.0 and float(v[0]) == 0.0 and float(v[-1]) == 1.0
+    mask = _squash(torch.full((10, 1, 16, 16), -50.0))
+    mask[0, :, -4:-1, -4:-1] = _squash(torch.tensor(50.0))
+    r = ScanResult(method="neural_cleanse", backdoored=True, target=0, statistic=3.0,
+                   trigger={"mask": mask, "pattern": _squash(torch.full((10, 1, 16, 16), 50.0))})
+    x = reversed_trigger(r).apply(torch.zeros(2, 1, 16, 16))
+    assert float(x[:, :, -4:-1, -4:-1].min()) == 1.0 and float(x.sum()) == 2 * 9

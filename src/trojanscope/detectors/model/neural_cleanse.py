@@ -37,8 +37,12 @@ _EPS = 1e-7  # keeps tanh(.)/(2 - eps) + 0.5 strictly inside (0, 1) so atanh sta
 
 
 def _squash(p: torch.Tensor) -> torch.Tensor:
-    """The paper's tanh parametrisation: unconstrained -> (0, 1) (implementation details)."""
-    return torch.tanh(p) / (2 - _EPS) + 0.5
+    """The paper's tanh parametrisation: unconstrained -> [0, 1] (implementation details).
+
+    Clamped: in float32, ``-1 / (2 - eps) + 0.5`` rounds to -6e-8 once tanh saturates, and a mask
+    below 0 is refused when it is stamped as a trigger (the mitigations do that).
+    """
+    return (torch.tanh(p) / (2 - _EPS) + 0.5).clamp(0.0, 1.0)
 
 
 def _unsquash(v: torch.Tensor) -> torch.Tensor:
