@@ -49,7 +49,7 @@ def demo_models(seed: int = 0, epochs: int = 15) -> dict[str, Any]:
     return out
 
 
-def _demo_instances(kind: str, methods: list[str] | None, report: dict[str, Any]):
+def _demo_instances(kind: str, methods: list[str] | None, report: dict[str, Any], log: Log):
     """(name, instance) of every registered method of ``kind`` with demo settings; methods that
     need inputs the demo does not have (``for_demo()`` is None) and experimental ones not named
     in ``methods`` are recorded as skipped."""
@@ -60,10 +60,12 @@ def _demo_instances(kind: str, methods: list[str] | None, report: dict[str, Any]
         if getattr(cls, "experimental", None) and not methods:
             report["skipped"].append({"method": name, "why": f"experimental, run only when named "
                                       f"(--method {name}): {cls.experimental}"})
+            log(f"{name:>16}: skipped, experimental, run only when named (--method {name})")
             continue
         inst = cls.for_demo()
         if inst is None:
             report["skipped"].append({"method": name, "why": "needs inputs the demo does not have"})
+            log(f"{name:>16}: skipped, needs inputs the demo does not have")
             continue
         yield name, inst
 
@@ -95,7 +97,7 @@ def run_demo(out_dir: str | Path = "trojanscope-demo", *, seed: int = 0, log: Lo
         log(f"{k}: CTA {v['cta']:.1%}  ASR {v['asr']:.1%}")
 
     scans = {"clean": [], "backdoored": []}
-    for name, det in _demo_instances("model_detector", methods, report):
+    for name, det in _demo_instances("model_detector", methods, report, log):
         for which, m in models.items():
             try:
                 r = det.scan(m, clean_ref)
@@ -111,13 +113,9 @@ def run_demo(out_dir: str | Path = "trojanscope-demo", *, seed: int = 0, log: Lo
             log(f"{name:>16} on {which:>10}: backdoored={r.backdoored} target={r.target} "
                 f"statistic={r.statistic:.3g} ({r.seconds:.1f}s)" + (" [experimental]" if det.experimental else ""))
 
-    for sk in report["skipped"]:
-        if "why" in sk:
-            log(f"{sk['method']:>16}: skipped, {sk['why'].split(': ')[0]}")
-
     x_clean = test.of_classes([target], exclude=True).x
     x_trig = trigger.apply(x_clean)
-    for name, det in _demo_instances("input_detector", methods, report):
+    for name, det in _demo_instances("input_detector", methods, report, log):
         try:
             t1 = time.perf_counter()
             det.fit(models["backdoored"], clean_60)
@@ -135,7 +133,7 @@ def run_demo(out_dir: str | Path = "trojanscope-demo", *, seed: int = 0, log: Lo
 
     # reuse the demo's Neural Cleanse scan (mitigations would otherwise run it again)
     nc = next((r for r in scans["backdoored"] if r.method == "neural_cleanse" and r.backdoored), None)
-    for name, mit in _demo_instances("mitigation", methods, report):
+    for name, mit in _demo_instances("mitigation", methods, report, log):
         try:
             r = mit.apply(models["backdoored"], clean_60, nc, test=test,
                           true_trigger=trigger)
