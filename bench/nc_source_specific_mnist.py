@@ -70,22 +70,20 @@ def main() -> None:
     doc = {"paper": "Wang et al., Neural Cleanse, S&P 2019, Sec. VII (source-specific)",
            "model": MODEL, "attack": f"5x5 'C' top right, source {SOURCE} -> target {TARGET}",
            "params": kw, "n_clean_per_class": 20, "runs": runs}
-    # (name, model or a function building it, mode, the backdoor's (source, target) or None)
-    jobs = [(name, model, mode, pair) for name, model, pair in (("backdoored", bd, [SOURCE, TARGET]),
-                                                                 ("clean", clean_model, None))
+    # (name, a function returning the model, mode, the backdoor's (source, target) or None)
+    jobs = [(name, load, mode, pair) for name, load, pair in (("backdoored", lambda: bd, [SOURCE, TARGET]),
+                                                               ("clean", lambda: clean_model, None))
             for mode in ("all_to_one", "source_specific")]
     if args.more:
         jobs += [(f"patch_{a}to{b}", lambda a=a, b=b: cached(f"bias_maps_patch_{a}to{b}_ft1000_seed0"),
                   "source_specific", [a, b]) for a, b in ((0, 3), (2, 5), (4, 7), (8, 9))]
         jobs += [(f"clean_seed{s}", lambda s=s: mnist_clean_model(args.data_dir, seed=s)[0], "source_specific", None)
                  for s in (1, 2)]
-    for name, model, mode, pair in jobs:
+    for name, load, mode, pair in jobs:
         key = f"{name}/{mode}"
         if key in runs:
             continue
-        if callable(model) and not isinstance(model, torch.nn.Module):
-            model = model()
-        r = NeuralCleanse(mode=mode, **kw).scan(model, clean)
+        r = NeuralCleanse(mode=mode, **kw).scan(load(), clean)
         row = {"true_pair": pair, "backdoored": r.backdoored, "target": r.target, "sources": r.sources,
                "anomaly_index": r.statistic, "seconds": r.seconds,
                "candidate_target": r.extra["candidate_target"]}
