@@ -25,7 +25,7 @@ import torch
 from _common import RESULTS, cached_only, load_mnist, mnist_clean_model, parser, write_result
 from nc_mnist import badnets_model
 
-from trojanscope.detectors.model.lred import LREDPerceptible
+from trojanscope.detectors.model.lred_perceptible import LREDPerceptible
 
 SEEDS = (0, 1, 2)
 

@@ -48,12 +48,25 @@ NormalizeOpt = Annotated[str | None, typer.Option("--normalize", help="MEAN/STD 
                                                   "(default: from the sidecar)")]
 
 
+def parse_mean_std(text: str | None) -> tuple[list[float], list[float]] | None:
+    """``M1,M2,M3/S1,S2,S3`` -> (mean, std)."""
+    if text is None:
+        return None
+    try:
+        m, s = text.split("/")
+        return [float(v) for v in m.split(",")], [float(v) for v in s.split(",")]
+    except ValueError:
+        from ..errors import InputError
+
+        raise InputError(f"--normalize must look like MEAN/STD, e.g. 0.1307/0.3081 or "
+                         f"0.49,0.48,0.45/0.25,0.24,0.26; got {text!r}") from None
+
+
 def load_user_model(path: Path, data, *, normalize: str | None = None, module: str | None = None,
                     arch: str | None = None, device=None):
     """Load a model file for a command working on ``data``: state dicts get their class count and
     input shape from the data, as does a TorchScript file without a sidecar."""
     from ..models import load_model
-    from .evaluate import parse_mean_std
 
     ns = parse_mean_std(normalize)
     net = load_model(path, normalize=ns, module=module, arch=arch,

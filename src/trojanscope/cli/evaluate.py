@@ -7,7 +7,6 @@ from typing import Annotated, Any
 
 import typer
 
-from ..errors import InputError
 from ._common import (
     ArchOpt,
     DataDirOpt,
@@ -29,18 +28,6 @@ from .train import (
     evaluate_model,
     print_metrics,
 )
-
-
-def parse_mean_std(text: str | None) -> tuple[list[float], list[float]] | None:
-    """``M1,M2,M3/S1,S2,S3`` -> (mean, std)."""
-    if text is None:
-        return None
-    try:
-        m, s = text.split("/")
-        return [float(v) for v in m.split(",")], [float(v) for v in s.split(",")]
-    except ValueError:
-        raise InputError(f"--normalize must look like MEAN/STD, e.g. 0.1307/0.3081 or "
-                         f"0.49,0.48,0.45/0.25,0.24,0.26; got {text!r}") from None
 
 
 def evaluate_cmd(

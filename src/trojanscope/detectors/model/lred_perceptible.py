@@ -27,6 +27,7 @@ from ...errors import InputError
 from ...types import ScanResult
 from ._base import ModelDetector, ProgressFn
 from ._lred_estimate import anneal_weights, per_target_groups
+from .lred import gamma_order_pvalue
 
 
 @register("model_detector", "lred_perceptible")
@@ -74,8 +75,6 @@ class LREDPerceptible(ModelDetector):
 
     def _scan(self, model: nn.Module, clean: ImageData, num_classes: int,
               progress: ProgressFn | None) -> ScanResult:
-        from .lred import gamma_order_pvalue
-
         if not 0 < self.pi < 1 or not 0 < self.theta < 1:
             raise InputError("pi and theta must be in (0, 1)")
         if self.steps < 1 or self.lr <= 0 or self.cost_multiplier <= 1 or self.patience < 1:

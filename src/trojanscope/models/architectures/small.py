@@ -1,56 +1,12 @@
-"""Architecture registry. Every builder takes ``num_classes`` and ``in_shape`` (C, H, W).
-
-Convention (relied on by introspection, pruning and feature-space detectors): a model has a
-``features`` module (convolutional part) and a ``classifier`` ``nn.Sequential`` whose last layer
-is the output ``nn.Linear``; the input of that last layer is the penultimate representation.
-"""
+"""The small convolutional networks: ``small_cnn``, ``borji_cnn``, ``lenet5``, ``vgg_small``,
+``nc_gtsrb``. Every builder takes ``num_classes`` and ``in_shape`` (C, H, W)."""
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from .._registry import register
-from ..errors import InputError
-
-
-def _check(num_classes: int, in_shape: tuple[int, ...], min_side: int = 4) -> tuple[int, int, int]:
-    if num_classes < 2:
-        raise InputError(f"num_classes must be >= 2, got {num_classes}")
-    if len(in_shape) != 3:
-        raise InputError(f"in_shape must be (C, H, W), got {tuple(in_shape)}")
-    c, h, w = (int(v) for v in in_shape)
-    if min(h, w) < min_side:
-        raise InputError(f"input {h}x{w} is too small for this architecture (min {min_side})")
-    return c, h, w
-
-
-def _flat_size(features: nn.Module, in_shape: tuple[int, int, int]) -> int:
-    with torch.no_grad():
-        return int(features(torch.zeros(1, *in_shape)).flatten(1).shape[1])
-
-
-class ConvNet(nn.Module):
-    """``features`` -> flatten -> ``classifier``; the shape every small architecture shares."""
-
-    def __init__(self, features: nn.Module, hidden: list[int], num_classes: int,
-                 in_shape: tuple[int, int, int], dropout: float = 0.0) -> None:
-        super().__init__()
-        self.num_classes = num_classes
-        self.in_shape = tuple(in_shape)
-        self.features = features
-        layers: list[nn.Module] = []
-        d = _flat_size(features, in_shape)
-        for hdim in hidden:
-            layers += [nn.Linear(d, hdim), nn.ReLU(inplace=False)]
-            if dropout:
-                layers.append(nn.Dropout(dropout))
-            d = hdim
-        layers.append(nn.Linear(d, num_classes))
-        self.classifier = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.features(x), 1))
+from ..._registry import register
+from ._base import ConvNet, _check
 
 
 @register("arch", "small_cnn")
@@ -127,7 +83,3 @@ def nc_gtsrb(num_classes: int = 43, in_shape: tuple[int, int, int] = (3, 32, 32)
                    nn.MaxPool2d(2)]
         ch = v
     return ConvNet(nn.Sequential(*layers), [512], num_classes, (c, h, w), dropout=0.5)
-
-
-# The larger CIFAR networks live in their own modules; importing them registers them.
-from . import densenet, mobilenet, resnet  # noqa: E402,F401

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._registry import register
-from .architectures import ConvNet, _check
+from ..._registry import register
+from ._base import ConvNet, _check
 
 # (expansion t, output channels c, repeats n, stride s) of Table 2; s of the 24-channel stage is 1
 # here (2 in the ImageNet network).

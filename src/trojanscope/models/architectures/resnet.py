@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._registry import register
-from .architectures import ConvNet, _check
+from ..._registry import register
+from ._base import ConvNet, _check
 
 
 class BasicBlock(nn.Module):
