@@ -1,0 +1,346 @@
+"""One contract test per registry kind, parametrised over the registry.
+
+`test_registry_common.py` runs every detector on the tiny backdoored model (untouched model,
+JSON-able result, clear errors). This file checks what every registered entry owes the rest of
+the package, whatever its kind, cheaply:
+
+* estimator classes (model and input detectors, mitigations, triggers, evasion attacks): the
+  scikit-learn convention: keyword-only parameters stored under their own names with no logic
+  in ``__init__``, a ``get_params()`` that rebuilds an equal object, ``name`` = registry name;
+* evasion attacks: a real run on the tiny model stays in [0, 1] and in its budget, lowers the
+  accuracy and leaves the model as it was;
+* mitigations: bad input is refused before any work;
+* architectures: the features/classifier convention the introspection relies on, the forward
+  shape, clear errors for bad shapes;
+* datasets: tiny files in each reader's own format read back exactly; a missing folder is a
+  ``DataNotFoundError`` that says where it looked;
+* model formats: save and load give the same outputs.
+
+A new entry is covered by these tests the day it is registered.
+"""
+
+from __future__ import annotations
+
+import gzip
+import inspect
+import json
+import struct
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from conftest import assert_unchanged, state_snapshot
+from torch import nn
+
+import trojanscope as ts
+from trojanscope._registry import _PROVIDERS
+
+ESTIMATOR_KINDS = ["model_detector", "input_detector", "mitigation", "trigger", "evasion"]
+KINDS = [*ESTIMATOR_KINDS, "arch", "dataset", "format"]
+
+
+def _entries(*kinds: str) -> list[Any]:
+    return [pytest.param(k, n, id=f"{k}:{n}") for k in kinds if k in _PROVIDERS for n in ts.available(k)]
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return bool(np.array_equal(a, b))
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return a is b or a == b
+
+
+# --- every kind -------------------------------------------------------------------------
+
+
+def test_every_kind_has_a_provider_and_entries() -> None:
+    missing = [k for k in KINDS if k != "format" and k not in _PROVIDERS]
+    assert not missing, f"registry kinds without a provider: {missing}"
+    for kind in _PROVIDERS:
+        names = ts.available(kind)
+        assert names, f"nothing registered under {kind!r}"
+        for name in names:
+            assert ts.get(kind, name).registry_name == name
+
+
+@pytest.mark.parametrize("kind", list(_PROVIDERS))
+def test_unknown_name_is_a_clear_error(kind: str) -> None:
+    with pytest.raises(ts.InputError, match="available: "):
+        ts.get(kind, "no_such_entry")
+
+
+# --- estimators ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("kind", "name"), _entries(*ESTIMATOR_KINDS))
+def test_estimator_convention(kind: str, name: str) -> None:
+    cls = ts.get(kind, name)
+    assert inspect.isclass(cls), f"{kind} {name} should be a class"
+    sig = inspect.signature(cls.__init__)
+    params = {n: p for n, p in sig.parameters.items() if n != "self"}
+    positional = [n for n, p in params.items() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    assert not positional, f"{cls.__name__}: parameters must be keyword-only, not {positional}"
+    assert not any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params.values())
+    required = [n for n, p in params.items() if p.default is inspect.Parameter.empty]
+    assert not required, f"{cls.__name__}: every parameter needs a default, not {required}"
+
+    obj = cls()
+    got = obj.get_params()
+    assert set(got) == set(params), "get_params() must return exactly the constructor parameters"
+    for n, p in params.items():  # stored as given: no logic in __init__
+        assert _same(got[n], p.default), f"{cls.__name__}.{n} = {got[n]!r}, default {p.default!r}"
+    clone = cls(**got)
+    assert _same(clone.get_params(), got)
+    assert obj.name == name
+    assert repr(obj).startswith(cls.__name__ + "(")
+    json.dumps({k: v for k, v in got.items() if not isinstance(v, (torch.Tensor, nn.Module))}, default=str)
+
+
+@pytest.mark.parametrize(("kind", "name"), _entries("model_detector", "input_detector", "mitigation"))
+def test_parameters_survive_a_round_trip_through_set_values(kind: str, name: str) -> None:
+    """Changing one numeric parameter changes get_params() and nothing else."""
+    cls = ts.get(kind, name)
+    base = cls().get_params()
+    numeric = [k for k, v in base.items() if type(v) in (int, float) and k != "seed" and v]
+    if not numeric:
+        pytest.skip(f"{name} has no numeric parameter")
+    key = numeric[0]
+    changed = cls(**{**base, key: type(base[key])(base[key] * 2)}).get_params()
+    assert changed[key] == base[key] * 2
+    assert _same({k: v for k, v in changed.items() if k != key}, {k: v for k, v in base.items() if k != key})
+
+
+# --- evasion attacks ----------------------------------------------------------------------
+
+_CHEAP = {"steps": 5, "binary_search_steps": 2}
+
+
+@pytest.mark.parametrize(("kind", "name"), _entries("evasion"))
+def test_evasion_attack_runs(kind: str, name: str, backdoor: dict[str, Any]) -> None:
+    cls = ts.get(kind, name)
+    defaults = cls().get_params()
+    attack = cls(**{k: v for k, v in _CHEAP.items() if k in defaults})
+    model = backdoor["clean"]
+    data = backdoor["test"]
+    x, y = data.x[:24], data.y[:24]
+    snap = state_snapshot(model)
+    grads = [p.grad for p in model.parameters()]
+    x_adv = attack.run(model, x, y)
+    assert_unchanged(model, snap)
+    assert [p.grad for p in model.parameters()] == grads
+    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
+    assert float(x_adv.min()) >= 0 and float(x_adv.max()) <= 1
+    delta = (x_adv - x).flatten(1)
+    eps = defaults.get("eps")
+    if eps is not None:
+        norm = delta.norm(dim=1) if defaults.get("norm") == "l2" else delta.abs().amax(1)
+        assert float(norm.max()) <= eps + 1e-5
+    with torch.no_grad():
+        before = (model(x).argmax(1) == y).float().mean()
+        after = (model(x_adv).argmax(1) == y).float().mean()
+    assert after < before, f"{name} did not lower the accuracy ({before:.2f} -> {after:.2f})"
+    with pytest.raises(ts.InputError):
+        attack.run(model, torch.full_like(x, float("nan")), y)
+
+
+# --- mitigations --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("kind", "name"), _entries("mitigation"))
+def test_mitigation_refuses_bad_input(kind: str, name: str, backdoor: dict[str, Any]) -> None:
+    mit = ts.create(kind, name)
+    model = backdoor["backdoored"]
+    snap = state_snapshot(model)
+    clean = backdoor["train"].clean_subset(5, seed=0)
+    with pytest.raises(ts.InputError):
+        mit.apply(model, (torch.full_like(clean.x, float("nan")), clean.y))
+    with pytest.raises(ts.InputError):
+        mit.apply(model, (clean.x[:, :, :8, :8], clean.y))
+    with pytest.raises(ts.InputError):
+        mit.apply(model, (clean.x, clean.y + 10))
+    assert_unchanged(model, snap)
+
+
+# --- architectures ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("kind", "name"), _entries("arch"))
+def test_architecture_convention(kind: str, name: str) -> None:
+    from trojanscope.models import create_model, penultimate
+
+    build = ts.get(kind, name)
+    in_shape = inspect.signature(build).parameters["in_shape"].default
+    torch.manual_seed(0)
+    net = create_model(name, num_classes=7, in_shape=in_shape)
+    assert net.arch == name
+    assert isinstance(net.features, nn.Module)
+    assert isinstance(net.classifier, nn.Sequential) and isinstance(net.classifier[-1], nn.Linear)
+    assert net.classifier[-1].out_features == 7
+    net.eval()
+    x = torch.rand(2, *in_shape)
+    with torch.no_grad():
+        out = net(x)
+    assert out.shape == (2, 7) and torch.isfinite(out).all()
+    feats = penultimate(net, x)
+    assert feats.shape == (2, net.classifier[-1].in_features)
+    with pytest.raises(ts.InputError):
+        create_model(name, num_classes=1, in_shape=in_shape)
+    with pytest.raises(ts.InputError):
+        create_model(name, num_classes=7, in_shape=(in_shape[0], 2, 2))
+
+
+# --- datasets -----------------------------------------------------------------------------
+
+
+def _pixels(n: int, shape: tuple[int, ...], seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(n, *shape), dtype=np.uint8)
+
+
+def _write_idx(folder: Path, prefix: str, x: np.ndarray, y: np.ndarray) -> None:
+    with gzip.open(folder / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">IIII", 2051, len(x), x.shape[1], x.shape[2]) + x.tobytes())
+    with gzip.open(folder / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">II", 2049, len(y)) + y.astype(np.uint8).tobytes())
+
+
+def _mnist_like(name: str) -> Callable[[Path], tuple[dict[str, Any], np.ndarray, np.ndarray]]:
+    def write(tmp: Path) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+        folder = tmp / name
+        folder.mkdir()
+        x, y = _pixels(6, (28, 28), 0), np.arange(6) % 10
+        _write_idx(folder, "train", x, y)
+        _write_idx(folder, "t10k", _pixels(3, (28, 28), 1), np.arange(3))
+        return {"root": tmp}, x[:, None], y
+
+    return write
+
+
+def _cifar10(tmp: Path) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    folder = tmp / "cifar10"
+    folder.mkdir()
+    xs, ys = [], []
+    for i in range(1, 6):
+        x, y = _pixels(2, (3, 32, 32), i), np.array([i, (i + 3) % 10])
+        rec = np.concatenate([y[:, None].astype(np.uint8), x.reshape(2, -1)], axis=1)
+        (folder / f"data_batch_{i}.bin").write_bytes(rec.tobytes())
+        xs.append(x)
+        ys.append(y)
+    return {"root": tmp}, np.concatenate(xs), np.concatenate(ys)
+
+
+def _gtsrb(tmp: Path) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    from PIL import Image
+
+    xs, ys = [], []
+    for c in (0, 5):
+        cdir = tmp / "gtsrb" / "Final_Training" / "Images" / f"{c:05d}"
+        cdir.mkdir(parents=True)
+        rows = ["Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId"]
+        for j in range(2):
+            x = _pixels(1, (32, 32, 3), 10 * c + j)[0]
+            Image.fromarray(x).save(cdir / f"{j:05d}.ppm")
+            rows.append(f"{j:05d}.ppm;32;32;0;0;31;31;{c}")
+            xs.append(x.transpose(2, 0, 1))
+            ys.append(c)
+        (cdir / f"GT-{c:05d}.csv").write_text("\n".join(rows) + "\n")
+    return {"root": tmp}, np.stack(xs), np.array(ys)
+
+
+def _npz(tmp: Path) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    x, y = _pixels(5, (1, 8, 8), 3), np.array([0, 1, 2, 1, 0])
+    np.savez(tmp / "d.npz", x=x, y=y)
+    return {"root": tmp / "d.npz"}, x, y
+
+
+def _folder(tmp: Path) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    from PIL import Image
+
+    xs, ys = [], []
+    for c, cname in enumerate(["cat", "dog"]):
+        (tmp / "imgs" / cname).mkdir(parents=True)
+        for j in range(2):
+            x = _pixels(1, (8, 8, 3), 20 + 2 * c + j)[0]
+            Image.fromarray(x).save(tmp / "imgs" / cname / f"{j}.png")
+            xs.append(x.transpose(2, 0, 1))
+            ys.append(c)
+    return {"root": tmp / "imgs"}, np.stack(xs), np.array(ys)
+
+
+def _digits(tmp: Path) -> tuple[dict[str, Any], np.ndarray, np.ndarray] | None:
+    return None  # embedded: no files; checked below against scikit-learn itself
+
+
+TINY: dict[str, Callable[[Path], Any]] = {
+    "mnist": _mnist_like("mnist"),
+    "fashion_mnist": _mnist_like("fashion_mnist"),
+    "cifar10": _cifar10,
+    "gtsrb": _gtsrb,
+    "npz": _npz,
+    "folder": _folder,
+    "digits": _digits,
+}
+
+
+@pytest.mark.parametrize(("kind", "name"), _entries("dataset"))
+def test_dataset_reads_its_own_format_exactly(kind: str, name: str, tmp_path: Path) -> None:
+    assert name in TINY, f"add a tiny-file writer for dataset {name!r} to TINY in this test"
+    load = ts.get(kind, name)
+    written = TINY[name](tmp_path)
+    if written is None:  # the embedded digits: compare with scikit-learn's copy
+        from sklearn.datasets import load_digits
+
+        d = load("all")
+        ref = load_digits()
+        assert len(d) == len(ref.target) and d.num_classes == 10
+        got = sorted(map(tuple, (d.x.flatten(1) * 16).round().int().tolist()))
+        assert got == sorted(map(tuple, ref.data.astype(int).tolist()))
+        return
+    kwargs, x, y = written
+    d = load("train", **kwargs)
+    assert isinstance(d, ts.ImageData)
+    assert d.x.dtype == torch.float32 and d.x.ndim == 4 and d.y.dtype == torch.int64
+    assert torch.equal(d.y, torch.as_tensor(y, dtype=torch.int64))
+    assert torch.equal((d.x * 255).round().to(torch.uint8), torch.as_tensor(x))
+    assert d.num_classes > int(d.y.max())
+
+
+@pytest.mark.parametrize(("kind", "name"), _entries("dataset"))
+def test_dataset_missing_files_say_where(kind: str, name: str, tmp_path: Path) -> None:
+    if name == "digits":
+        with pytest.raises(ts.InputError, match="split"):
+            ts.get(kind, name)("no_such_split")
+        return
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ts.DataNotFoundError) as err:
+        ts.get(kind, name)("train", root=empty)
+    assert str(empty) in str(err.value)
+
+
+# --- model formats ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("kind", "name"), _entries("format"))
+def test_format_round_trip(kind: str, name: str, tmp_path: Path) -> None:
+    from trojanscope.models import create_model, load_model, save_model
+
+    fmt = ts.get(kind, name)
+    suffix = next(iter(getattr(fmt, "suffixes", ()) or ()), None)
+    if suffix is None or not getattr(fmt, "can_save", True):
+        pytest.skip(f"{name} does not write files")
+    torch.manual_seed(0)
+    net = create_model("small_cnn", 10, (1, 8, 8)).eval()
+    path = tmp_path / f"m{suffix}"
+    save_model(net, path)
+    back = load_model(path, arch="small_cnn", num_classes=10, in_shape=(1, 8, 8))
+    x = torch.rand(3, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), net(x), rtol=1e-4, atol=1e-5)
