@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ._validate import check_images
+from .errors import InputError
 from .utils import model_device
 
 if TYPE_CHECKING:
@@ -24,7 +25,12 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.
     model.eval()
     dev = model_device(model)
     try:
-        out = [model(x[i : i + batch_size].to(dev)).argmax(1).cpu() for i in range(0, len(x), batch_size)]
+        out = []
+        for i in range(0, len(x), batch_size):
+            logits = model(x[i : i + batch_size].to(dev))
+            if not bool(torch.isfinite(logits).all()):
+                raise InputError("the model returned NaN or infinite outputs; its predictions cannot be judged")
+            out.append(logits.argmax(1).cpu())
     finally:
         model.train(was)
     return torch.cat(out)

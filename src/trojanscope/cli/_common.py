@@ -77,6 +77,20 @@ def load_user_model(path: Path, data, *, normalize: str | None = None, module: s
     return net
 
 
+def check_class_count(model, data, path: Path, name: str) -> None:
+    """A model must have exactly the data's classes: with more outputs a scan could name a class
+    the data cannot show ("target class 17" of a 1000-output model on 10-class data)."""
+    from ..errors import InputError
+
+    k = getattr(model, "num_classes", None)
+    if k is not None and k != data.num_classes:
+        raise InputError(
+            f"{Path(path).name} has {k} outputs but {name} has {data.num_classes} classes; results "
+            f"would name classes the data cannot show. Use data labelled with the model's {k} classes "
+            "(data label i = model class i); an .npz declares them with a `num_classes` entry"
+        )
+
+
 def model_and_data(path: Path, data: str, data_dir: Path | None, splits: tuple[str, ...], *,
                    normalize: str | None = None, module: str | None = None, arch: str | None = None,
                    device=None):
@@ -89,6 +103,7 @@ def model_and_data(path: Path, data: str, data_dir: Path | None, splits: tuple[s
 
     sets = [load_data(data, s, data_dir) for s in splits]
     model = load_user_model(path, sets[0], normalize=normalize, module=module, arch=arch, device=device)
+    check_class_count(model, sets[0], path, data)
     want = tuple(model.in_shape) if getattr(model, "in_shape", None) else sets[0].in_shape
     if want != sets[0].in_shape:
         if data == "digits" and want[0] == 1 and want[1] == want[2]:

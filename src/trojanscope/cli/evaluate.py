@@ -14,6 +14,7 @@ from ._common import (
     DeviceOpt,
     ModuleOpt,
     NormalizeOpt,
+    check_class_count,
     console,
     load_data,
     load_user_model,
@@ -52,6 +53,7 @@ def evaluate_cmd(
     dev = resolve_device(device)
     test = load_data(data, split, data_dir)
     model = load_user_model(model_path, test, normalize=normalize, module=module, arch=arch, device=dev)
+    check_class_count(model, test, model_path, data)
     spec: dict[str, Any] | None
     recorded = model.metadata.get("attack")
     if attack is None and target is None and isinstance(recorded, dict) and recorded.get("name"):

@@ -117,7 +117,27 @@ def load_npz(split: str = "train", root: object = None, **_: object) -> ImageDat
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
         raise InputError(f"{path}: labels must be a 1-D integer array, got {y.dtype} {y.shape}")
     k = int(y.max()) + 1 if len(y) else 0
+    declared = _declared_classes(path)
+    if declared is not None:
+        if k > declared:
+            raise InputError(f"{path}: a label is {k - 1} but the file declares num_classes={declared}")
+        k = declared
     return ImageData(x, torch.from_numpy(y.astype(np.int64)), max(k, 2), name=path.stem)
+
+
+def _declared_classes(path: Path) -> int | None:
+    """The optional ``num_classes`` entry of an npz (labels are class indices of a model with that
+    many outputs, e.g. 10 of ImageNet's 1000 classes)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "num_classes" not in z.files:
+                return None
+            v = z["num_classes"]
+    except Exception as e:
+        raise InputError(f"{path}: cannot read its num_classes entry ({e})") from None
+    if v.size != 1 or not np.issubdtype(v.dtype, np.integer) or not 2 <= int(v.reshape(-1)[0]) <= 100_000:
+        raise InputError(f"{path}: num_classes should be one integer in 2..100000, got {v.reshape(-1)[:3]}")
+    return int(v.reshape(-1)[0])
 
 
 @register("dataset", "folder")

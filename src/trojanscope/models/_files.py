@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
-import json
 import logging
 import sys
 import warnings
@@ -22,9 +21,8 @@ from torch import nn
 
 from .._registry import get
 from ..errors import InputError, ModelFileError, TrojanscopeError
+from ._sidecar import read_sidecar_file, validate_sidecar
 
-SIDECAR_FORMAT = "trojanscope-model"
-SIDECAR_VERSION = 1
 SUFFIXES = (".safetensors", ".pt2", ".pt", ".pth", ".onnx")
 _CARRIED = ("class_names", "dataset", "attack", "training")
 
@@ -65,26 +63,12 @@ def _read_sidecar(path: Path, required: bool) -> dict[str, Any]:
                 "it is missing. Pass --arch NAME (and --normalize) to load the weights anyway"
             )
         return {}
-    try:
-        side = json.loads(side_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelFileError(f"sidecar {side_path} is not valid JSON: {_first_line(e)}") from e
-    if not isinstance(side, dict):
-        raise ModelFileError(f"sidecar {side_path} should hold a JSON object")
+    side = read_sidecar_file(side_path)
     if side.get("file") not in (None, path.name) and _belongs_elsewhere(side, path):
         if required:
             raise ModelFileError(f"sidecar {side_path.name} describes {side['file']}, not {path.name}")
         return {}  # it belongs to a sibling file of another format
-    if side.get("format") not in (None, SIDECAR_FORMAT) or int(side.get("format_version", 1)) > SIDECAR_VERSION:
-        raise ModelFileError(f"sidecar {side_path.name} has an unsupported format "
-                             f"{side.get('format')!r} version {side.get('format_version')!r}")
-    for key in ("in_shape", "mean", "std"):
-        v = side.get(key)
-        if v is not None and not (isinstance(v, list) and all(isinstance(t, (int, float)) for t in v)):
-            raise ModelFileError(f"sidecar {side_path.name}: {key!r} should be a list of numbers, got {v!r}")
-    if side.get("in_shape") is not None and len(side["in_shape"]) != 3:
-        raise ModelFileError(f"sidecar {side_path.name}: in_shape should be [C, H, W], got {side['in_shape']}")
-    return side
+    return validate_sidecar(side, side_path.name)
 
 
 def _belongs_elsewhere(side: dict[str, Any], path: Path) -> bool:
@@ -128,7 +112,12 @@ def _guard(path: Path, what: str, fn):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return fn()
+            from ._archive import no_code_unpickling
+
+            with no_code_unpickling():
+                return fn()
+    except TrojanscopeError:
+        raise
     except Exception as e:
         raise ModelFileError(f"{path.name} could not be read as {what} (corrupt or truncated?): "
                              f"{type(e).__name__}: {_first_line(e)}") from e
@@ -143,8 +132,11 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    from ._archive import no_code_unpickling
+
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with no_code_unpickling():
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         msg = str(e)
         if "weights_only" in msg or "Unsupported global" in msg or "Unpickl" in type(e).__name__:
@@ -199,7 +191,10 @@ def _build(path: Path, module: str | None, arch: str | None, num_classes: int | 
     from . import create_model
 
     try:
-        return create_model(arch, int(num_classes), tuple(int(v) for v in in_shape))
+        # built on the meta device: no memory is spent before the file's weights are known to fit
+        # (a sidecar asking for a huge network cannot allocate it)
+        with torch.device("meta"):
+            return create_model(arch, int(num_classes), tuple(int(v) for v in in_shape))
     except InputError as e:
         raise ModelFileError(f"{path.name}: {e}") from e
 
@@ -248,7 +243,10 @@ def _load_state(net: nn.Module, state: dict[str, torch.Tensor], path: Path, side
                          "in the network")
         src = f"the sidecar's architecture {side.get('arch')!r}" if side.get("arch") else "the given network"
         raise ModelFileError(f"the weights in {path.name} do not match {src}: " + "; ".join(parts))
-    net.load_state_dict(state, strict=True)
+    on_meta = any(t.is_meta for t in net.state_dict().values())
+    net.load_state_dict(state, strict=True, assign=on_meta)
+    if any(t.is_meta for t in list(net.parameters()) + list(net.buffers())):  # non-persistent buffers
+        raise ModelFileError(f"{path.name}: the network has tensors that the weights file does not hold")
 
 
 def _export_in_shape(net: nn.Module) -> tuple[int, int, int] | None:

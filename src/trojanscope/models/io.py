@@ -29,10 +29,9 @@ from torch import nn
 
 from ..errors import InputError, ModelFileError, TrojanscopeError
 from ..utils import atomic_path, atomic_write_json, resolve_device, versions
+from ._archive import check_archive, check_graph_targets, no_code_unpickling
 from ._files import (
     _CARRIED,
-    SIDECAR_FORMAT,
-    SIDECAR_VERSION,
     SUFFIXES,
     _build,
     _classify_torch_file,
@@ -48,6 +47,7 @@ from ._files import (
     _read_state_dict,
     sidecar_path,
 )
+from ._sidecar import SIDECAR_FORMAT, SIDECAR_VERSION
 from .wrap import Normalize, WrappedModel, unwrap, wrap_model
 
 __all__ = ["SIDECAR_FORMAT", "SIDECAR_VERSION", "SUFFIXES", "load_model", "save_model", "sidecar_path"]
@@ -186,6 +186,28 @@ def _export_onnx(module: nn.Module, example: torch.Tensor, tmp: Path) -> None:
 # loading
 
 
+def check_finite_weights(net: nn.Module, name: str) -> None:
+    """Refuse a network with NaN or infinite weights: every score it gave would be meaningless
+    (``evaluate`` used to print a CTA of 10% for one)."""
+    try:
+        tensors = list(net.state_dict().items())
+    except Exception:  # an ONNX session or an exotic module: its outputs are checked instead
+        return
+    for key, t in tensors:
+        if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex()) and not t.is_meta \
+                and not bool(torch.isfinite(t).all()):
+            n_bad = int((~torch.isfinite(t)).sum())
+            raise ModelFileError(f"{name}: weight {key!r} holds {n_bad} NaN or infinite value(s); "
+                                 "such a model cannot be judged")
+
+
+def _load_export(path: Path) -> nn.Module:
+    with no_code_unpickling():
+        ep = torch.export.load(str(path))
+    check_graph_targets(path, ep.graph_module)
+    return ep.module()
+
+
 def load_model(path: str | Path, *, normalize: tuple[Sequence[float], Sequence[float]] | None = None,
                module: str | None = None, arch: str | None = None, num_classes: int | None = None,
                in_shape: tuple[int, int, int] | None = None, module_kwargs: dict[str, Any] | None = None,
@@ -234,6 +256,7 @@ def load_model(path: str | Path, *, normalize: tuple[Sequence[float], Sequence[f
         net = _build(path, module, name, num_classes, in_shape, module_kwargs)
         _load_state(net, _read_safetensors(path), path, side)
     elif fmt == "state_dict":
+        check_archive(path, "state_dict")
         state = _read_state_dict(path)
         if module is None and name is None:
             raise ModelFileError(
@@ -243,11 +266,13 @@ def load_model(path: str | Path, *, normalize: tuple[Sequence[float], Sequence[f
         net = _build(path, module, name, num_classes, in_shape, module_kwargs)
         _load_state(net, state, path, side)
     elif fmt == "export":
-        net = _guard(path, "a torch.export (.pt2) program", lambda: torch.export.load(str(path)).module())
+        check_archive(path, "export")
+        net = _guard(path, "a torch.export (.pt2) program", lambda: _load_export(path))
         if in_shape is None:
             in_shape = _export_in_shape(net)
         name = name if side else "torch.export"
     elif fmt == "torchscript":
+        check_archive(path, "torchscript")
         net = _guard(path, "a TorchScript file", lambda: torch.jit.load(str(path), map_location="cpu"))
         name = name if side else "torchscript"
     elif fmt == "onnx":
@@ -259,6 +284,7 @@ def load_model(path: str | Path, *, normalize: tuple[Sequence[float], Sequence[f
         raise ModelFileError(f"unknown format of {path}")
     if module is not None:
         name = f"module:{module.rsplit(':', 1)[-1]}"
+    check_finite_weights(net, path.name)
     if not forward_only:
         net = net.to(resolve_device(device))
     metadata = dict(side)

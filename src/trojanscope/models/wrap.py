@@ -156,4 +156,7 @@ def _probe(model: WrappedModel, in_shape: tuple[int, int, int], seed: int) -> to
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != len(x):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise InputError(f"the model should return [N, num_classes] logits, got {shape}")
+    if not bool(torch.isfinite(out).all()):
+        raise InputError("the model returns NaN or infinite outputs on uniform [0, 1] images; such a "
+                         "model cannot be judged")
     return out.float()
