@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .._registry import available, get
 from ._base import ENV_VAR, ImageData, resolve_root
+from ._safe import reading
 from .cifar import load_cifar10, read_cifar_bin, read_cifar_pickle
 from .digits import load_digits
 from .files import images_to_float, load_folder, load_images, load_npz
@@ -12,8 +13,14 @@ from .idx import load_fashion_mnist, load_mnist, read_idx
 
 
 def load_dataset(name: str, split: str = "train", root: object = None, **kwargs: object) -> ImageData:
-    """Load a registered dataset by name (``trojanscope.available("dataset")`` lists them)."""
-    return get("dataset", name)(split=split, root=root, **kwargs)
+    """Load a registered dataset by name (``trojanscope.available("dataset")`` lists them).
+
+    Readers wrap their own failures; any that still escapes a reader (a damaged file of a kind
+    no reader foresaw) becomes one :class:`~trojanscope.errors.InputError` too.
+    """
+    reader = get("dataset", name)
+    with reading(root if root is not None else name, f"the {name} dataset"):
+        return reader(split=split, root=root, **kwargs)
 
 
 def datasets() -> list[str]:

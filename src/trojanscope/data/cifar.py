@@ -3,8 +3,6 @@ python version, read without unpickling code."""
 
 from __future__ import annotations
 
-import gzip
-import lzma
 import pickle
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import torch
 from .._registry import register
 from ..errors import DataNotFoundError, InputError
 from ._base import ImageData, resolve_root, to_float_nchw
+from ._safe import read_maybe_compressed, reading
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 _RECORD = 1 + 3 * 32 * 32  # label byte + R, G, B planes of 32x32
@@ -25,12 +24,7 @@ _PY = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]
 def read_cifar_bin(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """One binary batch: records of 1 label byte + 3072 pixel bytes -> (uint8 [N,3,32,32], labels)."""
     path = Path(path)
-    opener = {".xz": lzma.open, ".gz": gzip.open}.get(path.suffix, open)
-    try:
-        with opener(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError, lzma.LZMAError) as e:
-        raise InputError(f"{path}: cannot read CIFAR-10 batch ({e})") from None
+    raw = read_maybe_compressed(path, "the CIFAR-10 batch", limit=_RECORD * 100_000)
     if len(raw) == 0 or len(raw) % _RECORD:
         raise InputError(f"{path}: {len(raw)} bytes is not a whole number of 3073-byte CIFAR records")
     a = np.frombuffer(raw, np.uint8).reshape(-1, _RECORD)
@@ -75,10 +69,14 @@ def read_cifar_pickle(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     labels = d.get(b"labels", d.get("labels"))
     if not isinstance(data, np.ndarray) or labels is None:
         raise InputError(f"{path}: missing 'data'/'labels'")
-    data = np.asarray(data, np.uint8)
+    with reading(path, "the CIFAR-10 python batch"):
+        data = np.asarray(data, np.uint8)
+        labels = np.asarray(labels, np.int64)
     if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
         raise InputError(f"{path}: data shape {data.shape} is not N x 3072")
-    return data.reshape(-1, 3, 32, 32), np.asarray(labels, np.int64)
+    if labels.ndim != 1 or len(labels) == 0 or labels.min() < 0 or labels.max() > 9:
+        raise InputError(f"{path}: labels must be 0..9")
+    return data.reshape(-1, 3, 32, 32), labels
 
 
 def _find_batch(folder: Path, names: list[str], split: str) -> list[Path]:

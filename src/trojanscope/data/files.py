@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -11,35 +10,49 @@ import torch
 from .._registry import register
 from ..errors import DataNotFoundError, InputError
 from ._base import ImageData, to_float_nchw
+from ._safe import MAX_ARRAY_BYTES, check_array, decode_image, npz_member_nbytes, reading
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".ppm", ".pgm", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
-def read_npz_array(path: str | Path, keys: tuple[str, ...]) -> np.ndarray:
-    """The first of ``keys`` found in an ``.npz``; never unpickles (allow_pickle=False)."""
+def read_npz_array(path: str | Path, keys: tuple[str, ...], *, labels: bool = False) -> np.ndarray:
+    """The first of ``keys`` found in an ``.npz``; never unpickles (allow_pickle=False).
+
+    The array is checked (numeric dtype, non-empty, native byte order, size bounded by
+    :data:`~trojanscope.data._safe.MAX_ARRAY_BYTES` before it is decompressed).
+    """
     path = Path(path)
     if not path.is_file():
         raise DataNotFoundError(f"no such file: {path}")
-    try:
+    with reading(path, "the .npz file", prefix="not a valid .npz file"):
         with np.load(path, allow_pickle=False) as z:
+            if not hasattr(z, "files"):
+                raise InputError(f"{path}: a single .npy array, not an .npz archive of named arrays")
             key = next((k for k in keys if k in z.files), None)
             if key is None:
-                raise InputError(f"{path}: none of the arrays {list(keys)} found (has {z.files})")
+                raise InputError(f"{path}: none of the arrays {list(keys)} found (has {z.files[:20]})")
+            nbytes = npz_member_nbytes(path, key)
+            if nbytes is not None and nbytes > MAX_ARRAY_BYTES:
+                raise InputError(f"{path}: array {key!r} would take {nbytes / 2**30:.1f} GiB "
+                                 f"(limit {MAX_ARRAY_BYTES / 2**30:.0f} GiB)")
             try:
-                return z[key]
+                a = z[key]
             except ValueError as e:  # object arrays need pickle: refuse
-                raise InputError(f"{path}: refusing an npz with pickled objects ({e})") from None
-    except InputError:
-        raise
-    except (zipfile.BadZipFile, EOFError, ValueError, OSError) as e:
-        raise InputError(f"{path}: not a valid .npz file ({e})") from None
+                if "pickle" in str(e).lower():
+                    raise InputError(f"{path}: refusing an npz with pickled objects ({e})") from None
+                raise
+    return check_array(a, path, key, labels=labels)
 
 
 def images_to_float(x: np.ndarray, name: str = "images") -> torch.Tensor:
     """uint8 or float [0,1] arrays, NHWC/NCHW/NHW (or a single HW/HWC image) -> float NCHW [0,1]."""
     x = np.asarray(x)
-    if x.dtype == object or x.size == 0:
-        raise InputError(f"{name}: expected a non-empty numeric array, got dtype {x.dtype}")
+    if x.dtype.kind not in "biuf" or x.size == 0:
+        raise InputError(f"{name}: expected a non-empty numeric array, got dtype {x.dtype} with {x.size} values")
+    if not x.dtype.isnative:
+        x = x.astype(x.dtype.newbyteorder("="))
+    if x.dtype.kind == "b":
+        x = x.astype(np.uint8) * 255
     if x.ndim == 2:
         x = x[None]
     if x.ndim == 3 and x.shape[-1] in (1, 3, 4) and x.shape[0] not in (1, 3, 4):
@@ -67,17 +80,12 @@ def images_to_float(x: np.ndarray, name: str = "images") -> torch.Tensor:
 
 
 def read_image(path: Path, size: tuple[int, int] | None = None, mode: str | None = None) -> np.ndarray:
-    """One image as uint8 HWC (Pillow), optionally converted to ``mode`` and resized."""
-    from PIL import Image, UnidentifiedImageError
+    """One image as uint8 HWC (Pillow), optionally converted to ``mode`` and resized.
 
-    try:
-        with Image.open(path) as im:
-            im = im.convert(mode or ("L" if im.mode in ("L", "1", "I;16", "I") else "RGB"))
-            if size is not None and im.size != (size[1], size[0]):
-                im = im.resize((size[1], size[0]), Image.BILINEAR)
-            a = np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as e:
-        raise InputError(f"{path}: not a readable image ({e})") from None
+    Images over :data:`~trojanscope.data._safe.MAX_IMAGE_PIXELS` pixels are refused from their
+    header, before decoding; every decoder failure is an :class:`InputError`.
+    """
+    a = decode_image(Path(path), mode, size)
     return a[:, :, None] if a.ndim == 2 else a
 
 
@@ -90,6 +98,11 @@ def load_images(path: str | Path, size: tuple[int, int] | None = None) -> tuple[
     path = Path(path)
     if not path.exists():
         raise DataNotFoundError(f"no such file or folder: {path}")
+    with reading(path, "the inputs"):
+        return _load_images(path, size)
+
+
+def _load_images(path: Path, size: tuple[int, int] | None) -> tuple[torch.Tensor, list[str]]:
     if path.is_file() and path.suffix == ".npz":
         x = images_to_float(read_npz_array(path, ("x", "arr_0")), str(path))
         return x, [f"{path.name}[{i}]" for i in range(len(x))]
@@ -113,9 +126,9 @@ def load_npz(split: str = "train", root: object = None, **_: object) -> ImageDat
     keys_x = (f"x_{split}", "x") if split in ("train", "test") else ("x",)
     keys_y = (f"y_{split}", "y") if split in ("train", "test") else ("y",)
     x = images_to_float(read_npz_array(path, keys_x), str(path))
-    y = read_npz_array(path, keys_y)
-    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-        raise InputError(f"{path}: labels must be a 1-D integer array, got {y.dtype} {y.shape}")
+    y = read_npz_array(path, keys_y, labels=True)
+    if len(y) != len(x):
+        raise InputError(f"{path}: {len(x)} images but {len(y)} labels")
     k = int(y.max()) + 1 if len(y) else 0
     declared = _declared_classes(path)
     if declared is not None:

@@ -17,12 +17,13 @@ import torch
 from .._registry import register
 from ..errors import DataNotFoundError, InputError
 from ._base import ImageData, resolve_root, to_float_nchw
+from ._safe import decode_image, reading
 
 NUM_CLASSES = 43
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
+    with reading(path, "the GTSRB CSV"), open(path, newline="") as f:
         rows = list(csv.DictReader(f, delimiter=";"))
     if rows and ("Filename" not in rows[0] or "ClassId" not in rows[0]):
         raise InputError(f"{path}: expected ';'-separated columns Filename ... ClassId")
@@ -30,22 +31,22 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def _load(img_dir: Path, rows: list[dict[str, str]], size: int) -> tuple[list[np.ndarray], list[int]]:
-    from PIL import Image, UnidentifiedImageError
-
     xs, ys = [], []
     for r in rows:
-        p = img_dir / r["Filename"]
+        p = img_dir / str(r.get("Filename"))
         try:
-            with Image.open(p) as im:
-                im = im.convert("RGB")
-                if all(k in r for k in ("Roi.X1", "Roi.Y1", "Roi.X2", "Roi.Y2")):
-                    im = im.crop((int(r["Roi.X1"]), int(r["Roi.Y1"]), int(r["Roi.X2"]) + 1, int(r["Roi.Y2"]) + 1))
-                xs.append(np.asarray(im.resize((size, size), Image.BILINEAR), np.uint8))
+            roi = tuple(int(r[k]) for k in ("Roi.X1", "Roi.Y1", "Roi.X2", "Roi.Y2"))
+            crop = (roi[0], roi[1], roi[2] + 1, roi[3] + 1)
+        except (KeyError, TypeError, ValueError):
+            crop = None
+        try:
+            xs.append(decode_image(p, "RGB", (size, size), crop))
         except FileNotFoundError:
             raise DataNotFoundError(f"GTSRB: {p} is listed in the CSV but missing") from None
-        except (UnidentifiedImageError, OSError) as e:
-            raise InputError(f"GTSRB: {p} is not a readable image ({e})") from None
-        ys.append(int(r["ClassId"]))
+        try:
+            ys.append(int(r["ClassId"]))
+        except (KeyError, TypeError, ValueError):
+            raise InputError(f"GTSRB: {r.get('Filename')!r} has no integer ClassId") from None
     return xs, ys
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import gzip
+import math
 import struct
 from pathlib import Path
 
@@ -12,6 +12,7 @@ import torch
 from .._registry import register
 from ..errors import DataNotFoundError, InputError
 from ._base import ImageData, resolve_root, to_float_nchw
+from ._safe import read_maybe_compressed
 
 # IDX type codes -> numpy dtypes (big endian); MNIST uses 0x08 (uint8) only.
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -26,24 +27,22 @@ FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
 def read_idx(path: str | Path) -> np.ndarray:
     """Read one IDX file (gzip-compressed when the name ends in .gz) into a numpy array."""
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError) as e:
-        raise InputError(f"{path}: cannot read IDX file ({e})") from None
+    raw = read_maybe_compressed(path, "the IDX file")
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES:
         raise InputError(f"{path}: not an IDX file (bad magic number)")
     ndim = raw[3]
-    if len(raw) < 4 + 4 * ndim:
+    if ndim == 0 or len(raw) < 4 + 4 * ndim:
         raise InputError(f"{path}: truncated IDX header")
     shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     dtype = np.dtype(_DTYPES[raw[2]])
-    need = int(np.prod(shape)) * dtype.itemsize
+    need = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
     body = raw[4 + 4 * ndim :]
+    if need == 0:
+        raise InputError(f"{path}: the IDX file holds no values (shape {shape})")
     if len(body) < need:
         raise InputError(f"{path}: truncated IDX data ({len(body)} of {need} bytes)")
-    return np.frombuffer(body[:need], dtype=dtype).reshape(shape)
+    # IDX is big-endian: convert to the machine's byte order (torch refuses non-native arrays)
+    return np.frombuffer(body[:need], dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
 
 
 def _find(folder: Path, stem: str, dataset: str) -> Path:
@@ -70,6 +69,11 @@ def load_idx_pair(folder: Path, split: str, dataset: str, class_names: list[str]
     y = read_idx(_find(folder, lab_stem, dataset))
     if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
         raise InputError(f"{dataset} {split}: images {x.shape} and labels {y.shape} do not match")
+    if x.dtype != np.uint8 or y.dtype.kind not in "iu":
+        raise InputError(f"{dataset} {split}: expected uint8 images and integer labels, got {x.dtype} "
+                         f"and {y.dtype}")
+    if int(y.min()) < 0 or int(y.max()) > 9:
+        raise InputError(f"{dataset} {split}: labels must be 0..9, found {int(y.min())}..{int(y.max())}")
     if limit is not None:
         x, y = x[:limit], y[:limit]
     return ImageData(to_float_nchw(torch.from_numpy(x.copy())), torch.from_numpy(y.astype(np.int64)),
