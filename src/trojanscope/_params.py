@@ -1,5 +1,7 @@
-"""The estimator convention shared by detectors and mitigations (scikit-learn's ``get_params``):
-constructor parameters are stored under their own names, learned state ends in ``_``."""
+"""The estimator convention shared by detectors and mitigations (scikit-learn's ``get_params``).
+
+Constructor parameters are stored under their own names; learned state ends in ``_``.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +9,13 @@ from typing import Any
 
 
 class Configurable:
-    """``get_params()`` (the constructor parameters, recorded in every report) and ``name``
-    (the registry name, or the class name for an unregistered subclass)."""
+    """``get_params()`` (the constructor parameters, recorded in every report) and ``name``.
+
+    ``name`` is the registry name, or the class name for an unregistered subclass.
+    """
 
     def get_params(self) -> dict[str, Any]:
+        """The constructor parameters by name (learned state, ending in ``_``, left out)."""
         return {k: v for k, v in vars(self).items() if not k.endswith("_") and not k.startswith("_")}
 
     @property

@@ -71,6 +71,7 @@ class ScanResult:
     params: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict; the trigger tensors are replaced by their shapes."""
         d = _as_dict(self, skip=("trigger",))
         d["trigger"] = {k: list(v.shape) for k, v in self.trigger.items()}
         return d
@@ -89,6 +90,7 @@ class InputScores:
     params: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict (large tensors are summarised by shape and dtype)."""
         return _as_dict(self)
 
 
@@ -111,6 +113,7 @@ class MitigationResult:
     params: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict, without the repaired model itself."""
         return _as_dict(self, skip=("model",))
 
 
@@ -128,4 +131,5 @@ class Certificate:
     params: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict (large tensors are summarised by shape and dtype)."""
         return _as_dict(self)

@@ -24,6 +24,7 @@ def load_dataset(name: str, split: str = "train", root: object = None, **kwargs:
 
 
 def datasets() -> list[str]:
+    """Names of the registered datasets."""
     return available("dataset")
 
 

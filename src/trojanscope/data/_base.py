@@ -79,8 +79,10 @@ class ImageData:
         return self.subset(perm[first].sort().values), self.subset(perm[~first].sort().values)
 
     def _shuffled_ranks(self, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """A seeded permutation of the images and each one's rank among its class in that order,
-        so per-class sampling is one mask over all classes at once."""
+        """A seeded permutation of the images and each one's rank among its class in that order.
+
+        Per-class sampling is then one mask over all classes at once.
+        """
         perm = torch.randperm(len(self), generator=generator(seed))
         ys = self.y[perm]
         order = torch.sort(ys, stable=True).indices  # grouped by class, shuffled within
@@ -97,7 +99,7 @@ class ImageData:
         return replace(self, x=self.x.to(device), y=self.y.to(device))
 
 
-def resolve_root(root: str | os.PathLike | None, dataset: str) -> Path:
+def resolve_root(root: str | os.PathLike[str] | None, dataset: str) -> Path:
     """The folder of ``dataset``: ``root`` (CLI ``--data-dir``) or ``$TROJANSCOPE_DATA``.
 
     Both may point either at the parent holding ``<dataset>/`` or at the dataset folder itself.
