@@ -73,8 +73,8 @@ def start_server(model: Path, max_queue: int) -> tuple[subprocess.Popen[str], in
 
 
 def reference(model: Path, x: torch.Tensor) -> dict[str, np.ndarray]:
-    from trojanscope.cli._common import model_and_data
     from trojanscope.guard import Guard
+    from trojanscope.models.with_data import model_and_data
 
     net, (train,) = model_and_data(model, "digits", None, ("train",))
     guard = Guard(net, {n: {"seed": 0} for n in GUARD}, fpr=0.05, seed=0)

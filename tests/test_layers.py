@@ -10,8 +10,8 @@ The layers are those of ``docs/development.md`` (and ``DESIGN.md``)::
     detectors, mitigations, certify, zoo, guard              one method per file
     workflows                                                scan_model / guard_inputs / repair_model
     report                                                   render only
-    cli, demo, __main__                                      commands
-    serve                                                    the guarded inference service
+    serve                                                    the guarded inference service (ASGI)
+    cli, demo, __main__                                      commands (``trojanscope serve`` too)
 
 The graph is read with ``ast`` from the source files, without importing anything. Module-level
 imports count, including those under ``if``/``try`` but not under ``if TYPE_CHECKING:``. An
@@ -40,8 +40,8 @@ LAYERS: list[set[str]] = [
     {"detectors", "mitigations", "certify", "zoo", "guard"},
     {"workflows"},
     {"report"},
-    {"cli", "demo", "__main__"},
     {"serve"},
+    {"cli", "demo", "__main__"},
 ]
 LAYER_OF = {name: i for i, names in enumerate(LAYERS) for name in names}
 

@@ -122,8 +122,8 @@ def served(backdoor, tmp_path_factory):
 
 def _library(path: Path, x: torch.Tensor):
     """What the library says for the same model file, guard settings and inputs."""
-    from trojanscope.cli._common import model_and_data
     from trojanscope.guard import Guard
+    from trojanscope.models.with_data import model_and_data
 
     model, (train,) = model_and_data(path, "digits", None, ("train",))
     guard = Guard(model, {"strip": {"seed": 0}, "kde": {"seed": 0}}, fpr=0.05, seed=0)

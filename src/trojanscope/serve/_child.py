@@ -17,8 +17,8 @@ from .worker import _read_frame, _write_frame
 def _build(cfg: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     import torch
 
-    from ..cli._common import model_and_data
     from ..guard import Guard
+    from ..models.with_data import model_and_data
 
     torch.set_num_threads(max(1, int(cfg.get("threads") or 1)))
     model, (train,) = model_and_data(cfg["model"], cfg["data"], cfg.get("data_dir"), ("train",),
