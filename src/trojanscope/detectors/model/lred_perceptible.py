@@ -36,7 +36,8 @@ class LREDPerceptible(ModelDetector):
 
     Args:
         n_per_class: clean images per class (None = all given).
-        pi: target misclassification fraction; theta: p-value threshold.
+        pi: target misclassification fraction.
+        theta: p-value threshold of the order-statistic test.
         steps: Adam steps per target (all targets step together).
         lr: Adam learning rate on the mask/pattern logits.
         init_cost: initial multiplier lambda of ||m||_1.
