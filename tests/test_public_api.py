@@ -44,3 +44,19 @@ def test_public_modules_follow_the_docstring_rules() -> None:
         capture_output=True, text=True, timeout=120,
     )
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+# The public API only grows: removing or renaming one of these breaks users' code and needs a
+# deprecation first. Add new public names here when they are added to __all__.
+STABLE = {
+    "Certificate", "DataNotFoundError", "ImageData", "InputError", "InputScores",
+    "MitigationResult", "ModelFileError", "ScanResult", "TrojanscopeError", "__version__",
+    "available", "create", "get", "load_dataset", "register",
+}
+
+
+def test_public_api_only_grows() -> None:
+    gone = STABLE - set(trojanscope.__all__)
+    assert not gone, f"public names removed from trojanscope.__all__: {sorted(gone)}"
+    for name in trojanscope.__all__:
+        assert hasattr(trojanscope, name), f"trojanscope.__all__ lists {name} but it is not there"
