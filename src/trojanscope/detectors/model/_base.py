@@ -88,17 +88,24 @@ class ModelDetector(Configurable):
     #: a method whose paper proposes it without an evaluation and whose false-alarm rate is
     #: known to be poor: the demo runs it only when asked for by name, the CLI warns.
     experimental: str | None = None
-
+    #: False for methods that can scan with no clean data at all (``scan(model, None,
+    #: in_shape=...)``); they implement :meth:`_scan_without_data`.
+    needs_data: bool = True
 
     @final
-    def scan(self, model: nn.Module, clean: ImageData | tuple[torch.Tensor, torch.Tensor], *,
-             progress: ProgressFn | None = None) -> ScanResult:
-        """Scan ``model`` using a few clean images; returns the verdict.
+    def scan(self, model: nn.Module, clean: ImageData | tuple[torch.Tensor, torch.Tensor] | None = None,
+             *, progress: ProgressFn | None = None, in_shape: tuple[int, int, int] | None = None,
+             num_classes: int | None = None) -> ScanResult:
+        """Scan ``model`` using a few clean images (or none, for ``needs_data = False`` methods).
 
         Args:
             model: a classifier taking [0, 1] NCHW input and returning logits (or probabilities).
-            clean: clean labelled images (ImageData or (x, y)).
+            clean: clean labelled images (ImageData or (x, y)); None for a data-free scan.
             progress: optional callback receiving dicts of progress information.
+            in_shape: (C, H, W) of the model's input, for a data-free scan (default: the model's
+                ``in_shape`` attribute when it has one).
+            num_classes: expected number of classes, for a data-free scan (checked against the
+                model's output; default: whatever the model returns).
         """
         if not isinstance(model, nn.Module):
             raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -106,6 +113,8 @@ class ModelDetector(Configurable):
             from ...models.wrap import require_gradients
 
             require_gradients(model, self.name)  # an ONNX model has none: say so up front
+        if clean is None:
+            return self._scan_no_data(model, in_shape, num_classes, progress)
         data = as_image_data(clean)
         dev = model_device(model)
         data = data.to(dev)
@@ -122,8 +131,43 @@ class ModelDetector(Configurable):
             result.extra["experimental"] = self.experimental  # travels into the JSON/HTML reports
         return result
 
+    def _scan_no_data(self, model: nn.Module, in_shape: tuple[int, int, int] | None,
+                      num_classes: int | None, progress: ProgressFn | None) -> ScanResult:
+        """The data-free path of :meth:`scan`: the same checks, probed with random images."""
+        if self.needs_data:
+            raise InputError(f"the {self.name} method needs clean images of the model's task; "
+                             "without data only the data-free methods can scan (e.g. mm_bd)")
+        in_shape = in_shape if in_shape is not None else getattr(model, "in_shape", None)
+        if in_shape is None:
+            raise InputError("a data-free scan needs the model's input shape (C, H, W): "
+                             "give --in-shape C,H,W or a sidecar with in_shape")
+        in_shape = tuple(int(v) for v in in_shape)  # type: ignore[assignment]
+        if len(in_shape) != 3 or min(in_shape) < 1:
+            raise InputError(f"in_shape must be three positive numbers (C, H, W), got {in_shape}")
+        dev = model_device(model)
+        g = torch.Generator().manual_seed(0)
+        probe = torch.rand((2, *in_shape), generator=g).to(dev)
+        with frozen(model):
+            k = probe_num_classes(model, probe)
+            if num_classes is not None and k != num_classes:
+                raise InputError(f"the model returns {k} classes, but {num_classes} were expected")
+            net = ensure_logits(model, probe)
+            t0 = time.perf_counter()
+            result = self._scan_without_data(net, in_shape, k, progress)  # type: ignore[arg-type]
+            result.seconds = time.perf_counter() - t0
+        result.method = self.name
+        result.params = self.get_params()
+        result.extra.setdefault("clean_images", 0)
+        if self.experimental:
+            result.extra["experimental"] = self.experimental
+        return result
+
     def _scan(self, model: nn.Module, clean: ImageData, num_classes: int,
               progress: ProgressFn | None) -> ScanResult:  # pragma: no cover
+        raise NotImplementedError
+
+    def _scan_without_data(self, model: nn.Module, in_shape: tuple[int, int, int], num_classes: int,
+                           progress: ProgressFn | None) -> ScanResult:  # pragma: no cover
         raise NotImplementedError
 
     @classmethod

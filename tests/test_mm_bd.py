@@ -1,0 +1,124 @@
+"""MM-BD (Wang, Xiang, Miller & Kesidis, S&P 2024): data-free scans of tiny real models."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import assert_unchanged, state_snapshot
+from torch import nn
+
+import trojanscope as ts
+from trojanscope.attacks import AdditiveTrigger, BlendTrigger, PoisoningAttack
+from trojanscope.data import load_dataset
+from trojanscope.detectors.model.mm_bd import MMBD, margins
+from trojanscope.metrics import attack_success_rate
+from trojanscope.models import create_model
+from trojanscope.train import train
+
+FAST = dict(restarts=10, steps=150)
+SHAPE = (1, 16, 16)
+
+
+def _scan(model, **kw):
+    return MMBD(**{**FAST, **kw}).scan(model, in_shape=SHAPE)
+
+
+@pytest.fixture(scope="module")
+def other_triggers():
+    """16x16 digits, small_cnn: a blended noise key (alpha 0.2) -> 3 and a global additive
+    chessboard (+-0.15, not quantised) -> 7, all classes poisoned at 10%."""
+    tr = load_dataset("digits", "train", size=16)
+    te = load_dataset("digits", "test", size=16)
+    out = {}
+    for name, trig, target in (("blend", BlendTrigger(image="noise", alpha=0.2), 3),
+                               ("additive", AdditiveTrigger(pattern="chessboard", amplitude=0.15,
+                                                            quantize=False), 7)):
+        poisoned, _ = PoisoningAttack(trigger=trig, target=target, rate=0.1, seed=0).poison_data(tr)
+        torch.manual_seed(0)
+        m = create_model("small_cnn", 10, tr.in_shape)
+        train(m, poisoned, epochs=15, lr=0.05, seed=0)
+        out[name] = (m, trig, target, te)
+    return out
+
+
+def test_margins_definition():
+    z = torch.tensor([[3.0, 1.0, -2.0], [0.0, 5.0, 4.0]])
+    assert margins(z, torch.tensor([0, 2])).tolist() == [2.0, -1.0]
+
+
+def test_flags_patch_backdoor_with_no_data(backdoor):
+    model = backdoor["backdoored"]
+    snap = state_snapshot(model)
+    grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+    r = _scan(model)
+    assert_unchanged(model, snap)
+    assert all(p.requires_grad for p in model.parameters())
+    assert all((g is None and p.grad is None) or torch.equal(g, p.grad)
+               for g, p in zip(grads, model.parameters(), strict=True))
+    assert r.method == "mm_bd" and r.backdoored and r.p_value < 0.05
+    assert r.target == backdoor["target"] == 0
+    mm = torch.tensor(r.per_class["max_margin"], dtype=torch.float64)
+    assert int(mm.argmax()) == 0 and r.statistic == pytest.approx(float(mm[0]))
+    x = r.trigger["max_margin_input"]
+    assert x.shape == (10, *SHAPE) and float(x.min()) >= 0 and float(x.max()) <= 1
+    # the stored inputs are real witnesses: the model reaches the reported margin on them
+    with torch.no_grad():
+        got = margins(model(x), torch.arange(10))
+    assert torch.allclose(got.double(), mm, rtol=1e-4, atol=1e-3)
+    steps = r.extra["steps_done"]
+    assert 0 < steps <= FAST["steps"]
+    assert r.extra["gradient_evaluations"] == steps * 10 * FAST["restarts"]
+    assert r.extra["clean_images"] == 0 and r.seconds > 0
+    assert r.to_dict()["trigger"] == {"max_margin_input": [10, *SHAPE]}
+
+
+def test_clean_twin_not_flagged(backdoor):
+    r = _scan(backdoor["clean"])
+    assert not r.backdoored and r.p_value >= 0.05 and r.target is None
+
+
+@pytest.mark.parametrize("kind", ["blend", "additive"])
+def test_flags_blended_and_additive_triggers(other_triggers, kind):
+    model, trig, target, te = other_triggers[kind]
+    assert attack_success_rate(model, te, trig, target)["asr"] > 0.9  # the attack is real
+    r = _scan(model)
+    assert r.backdoored and r.p_value < 0.05 and r.target == target
+
+
+def test_seeded_and_same_verdict_with_data(backdoor, clean_few):
+    model = backdoor["backdoored"]
+    a, b = _scan(model), _scan(model)
+    assert a.per_class["max_margin"] == b.per_class["max_margin"]
+    with_data = MMBD(**FAST).scan(model, clean_few)  # data given: only its shape is used
+    assert with_data.per_class["max_margin"] == a.per_class["max_margin"]
+    assert with_data.extra["clean_images"] == 0
+
+
+def test_probability_output_model_is_not_judged(backdoor):
+    """Softmax outputs cap every margin at -log(eps) of the log wrapper: MM-BD says it cannot
+    judge instead of calling the backdoored model clean."""
+    probs = nn.Sequential(copy.deepcopy(backdoor["backdoored"]), nn.Softmax(dim=1))
+    r = _scan(probs)
+    assert not r.backdoored and r.target is None
+    assert "logits" in r.extra["inconclusive"]
+    assert "inconclusive" not in _scan(backdoor["backdoored"]).extra
+
+
+def test_data_free_scan_errors(backdoor):
+    model = backdoor["backdoored"]
+    with pytest.raises(ts.InputError, match="needs clean images"):
+        ts.get("model_detector", "neural_cleanse")().scan(model, in_shape=SHAPE)
+    assert MMBD(restarts=2, steps=2).scan(model).extra["in_shape"] == list(SHAPE)  # model.in_shape
+    plain = nn.Sequential(nn.Flatten(), nn.Linear(256, 10))
+    with pytest.raises(ts.InputError, match="input shape"):
+        MMBD(**FAST).scan(plain)
+    with pytest.raises(ts.InputError, match="10 classes"):
+        MMBD(**FAST).scan(model, in_shape=SHAPE, num_classes=43)
+    with pytest.raises(ts.InputError, match="cannot process"):
+        MMBD(**FAST).scan(model, in_shape=(3, 16, 16))
+    with pytest.raises(ts.InputError, match="optimizer"):
+        MMBD(optimizer="lbfgs").scan(model, in_shape=SHAPE)
+    with pytest.raises(ts.InputError, match="at least 3 classes"):
+        MMBD(**FAST).scan(nn.Sequential(nn.Flatten(), nn.Linear(256, 2)), in_shape=SHAPE)
