@@ -71,4 +71,6 @@ def evaluate_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("evaluate")(evaluate_cmd)
+    from ._isolate import DEFAULT_TIMEOUTS, isolated
+
+    app.command("evaluate")(isolated(evaluate_cmd, timeout=DEFAULT_TIMEOUTS["evaluate"], name="evaluate"))

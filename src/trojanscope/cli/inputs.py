@@ -136,4 +136,6 @@ def inputs_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("inputs")(inputs_cmd)
+    from ._isolate import DEFAULT_TIMEOUTS, isolated
+
+    app.command("inputs")(isolated(inputs_cmd, timeout=DEFAULT_TIMEOUTS["inputs"], name="inputs"))

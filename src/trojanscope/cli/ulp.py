@@ -8,13 +8,13 @@ from typing import Annotated
 import typer
 
 from ._common import SeedOpt, console, out
+from ._isolate import DEFAULT_TIMEOUTS, isolated
 
 ulp_app = typer.Typer(help="Universal Litmus Patterns (Kolouri et al. 2020): learn input "
                       "patterns on a model zoo, then scan with `scan --method ulp --ulp FILE`.",
                       no_args_is_help=True)
 
 
-@ulp_app.command("train")
 def train(
     zoo_dir: Annotated[Path, typer.Argument(help="zoo folder from `trojanscope zoo build`")],
     out_file: Annotated[Path, typer.Option("--out", help="ULP file to write (.safetensors)")],
@@ -70,7 +70,6 @@ def train(
     out.print(f"ULP file: {out_file}")
 
 
-@ulp_app.command("eval")
 def evaluate(
     ulp_file: Annotated[Path, typer.Argument(help="ULP file")],
     zoo_dir: Annotated[Path, typer.Argument(help="zoo folder")],
@@ -97,6 +96,10 @@ def evaluate(
     if png is not None:
         plot_ulp(str(png), ulp.patterns, {split: r}, title=f"{ulp_file.name} on {zoo_dir}")
         out.print(f"figure: {png}")
+
+
+ulp_app.command("train")(isolated(train, timeout=DEFAULT_TIMEOUTS["ulp train"], name="ulp train"))
+ulp_app.command("eval")(isolated(evaluate, timeout=DEFAULT_TIMEOUTS["ulp eval"], name="ulp eval"))
 
 
 def register(app: typer.Typer) -> None:
