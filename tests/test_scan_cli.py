@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from trojanscope.cli.main import app
 from trojanscope.errors import InputError, ModelFileError
 from trojanscope.models.io import save_model
+from trojanscope.report.schema import validate
 
 QUICK = ["--set", "neural_cleanse.epochs=60", "--set", "neural_cleanse.steps_per_epoch=3",
          "--set", "neural_cleanse.batch_size=24", "--set", "neural_cleanse.patience=3",
@@ -24,22 +25,34 @@ def model_file(backdoor, tmp_path_factory):
 
 
 def test_scan_flags_backdoored_file_and_writes_reports(model_file, tmp_path, backdoor):
-    js, page = tmp_path / "out.json", tmp_path / "out.html"
+    js, page, trig = tmp_path / "out.json", tmp_path / "out.html", tmp_path / "triggers"
     res = CliRunner().invoke(app, ["scan", str(model_file), "--data", "digits", "--method", "neural_cleanse",
                                    "--n-per-class", "20", "--device", "cpu", "--json", str(js),
-                                   "--html", str(page), *QUICK])
+                                   "--html", str(page), "--save-triggers", str(trig), *QUICK])
     assert res.exit_code == 0, res.output
     assert "BACKDOORED" in res.output and "neural_cleanse" in res.output
     d = json.loads(js.read_text())
-    assert d["schema"] == 1 and d["model"] == str(model_file) and d["n_clean"] == 200
+    validate(d)  # the shipped JSON Schema
+    assert d["kind"] == "scan" and d["model"]["path"] == str(model_file) and d["data"]["n_clean"] == 200
     (r,) = d["results"]
     assert r["method"] == "neural_cleanse" and r["backdoored"] is True and r["target"] == backdoor["target"]
     assert r["statistic"] > 2 and r["p_value"] is None and r["seconds"] > 0 and r["sources"] == []
     assert r["params"]["epochs"] == 60 and r["params"]["init_cost"] == 0.01 and r["params"]["seed"] == 0
-    assert d["combined"] == {"backdoored": True, "votes": 1, "methods": 1, "target": backdoor["target"],
-                             "target_votes": {str(backdoor["target"]): 1}, "rule": "any"}
+    assert d["verdict"]["verdict"] == "backdoored" and d["verdict"]["target"] == backdoor["target"]
+    # the reversed trigger, stamped on clean images of other classes, sends them to the target
+    te = d["trigger_effect"]
+    assert te["method"] == "neural_cleanse" and te["target"] == backdoor["target"] and te["flagged"]
+    assert te["flip_rate"] > 0.8 > te["clean_rate"] and backdoor["target"] not in te["labels"]
     text = page.read_text()
     assert text.count("data:image/png;base64,") >= 2 and "BACKDOORED" in text
+    assert 'data-verdict="backdoored"' in text
+    # --save-triggers: the tensors as safetensors, one PNG per class
+    from safetensors.torch import load_file
+
+    t = load_file(trig / "neural_cleanse.safetensors")
+    assert t["mask"].shape == (10, 1, 16, 16) and t["pattern"].shape == (10, 1, 16, 16)
+    assert sorted(p.name for p in trig.glob("*.png")) == sorted(f"neural_cleanse_class{k}.png" for k in range(10))
+    assert sorted(d["trigger_files"]) == sorted(str(p) for p in trig.iterdir())
 
 
 def test_experimental_method_warns_and_is_marked(model_file, tmp_path):
@@ -48,7 +61,9 @@ def test_experimental_method_warns_and_is_marked(model_file, tmp_path):
                                    "--n-per-class", "4", "--set", "lred_perceptible.steps=5", "--json", str(js)])
     assert res.exit_code == 0, res.output
     assert "lred_perceptible is experimental" in res.output
-    (r,) = json.loads(js.read_text())["results"]
+    d = json.loads(js.read_text())
+    validate(d)
+    (r,) = d["results"]
     assert "appendix A.3" in r["extra"]["experimental"]
 
 

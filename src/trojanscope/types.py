@@ -51,9 +51,15 @@ class ScanResult:
         threshold: decision threshold applied to ``statistic`` (or to p_value for p-value tests).
         per_class: per-class values, e.g. {"mask_l1": [...], "anomaly_index": [...]}.
         trigger: reversed trigger tensors, e.g. {"mask": [K,1,H,W], "pattern": [K,C,H,W]}.
+            ``mask`` + ``pattern`` stamp as x' = (1 - m) x + m p (Neural Cleanse eq. 2); a
+            ``pattern`` alone is additive, x' = clip(x + p, 0, 1) (L-RED).
         extra: anything else method-specific and JSON-able (pairs, iterations, ...).
         seconds: wall time of the scan.
         params: the detector's parameters.
+        statistic_key: what ``statistic`` is (e.g. "anomaly_index"); when ``per_class`` has this
+            key, it holds the same statistic per class (reports chart it).
+        threshold_on: what ``threshold`` is compared with: "statistic" (flagged above it) or
+            "p_value" (flagged below it).
     """
 
     method: str
@@ -69,6 +75,8 @@ class ScanResult:
     extra: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     params: dict[str, Any] = field(default_factory=dict)
+    statistic_key: str = "statistic"
+    threshold_on: str = "statistic"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict; the trigger tensors are replaced by their shapes."""

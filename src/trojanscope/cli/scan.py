@@ -61,6 +61,8 @@ def scan(
     split: Annotated[str, typer.Option("--split", help="split the clean images come from")] = "train",
     json_out: Annotated[Path | None, typer.Option("--json", help="write the JSON report here")] = None,
     html_out: Annotated[Path | None, typer.Option("--html", help="write the HTML report here")] = None,
+    triggers_out: Annotated[Path | None, typer.Option("--save-triggers", metavar="DIR", help="write each "
+                                                      "reversed trigger here (safetensors + PNG)")] = None,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
     sets: Annotated[list[str] | None, typer.Option("--set", help="detector parameter method.key=value "
@@ -79,7 +81,7 @@ def scan(
     from rich.table import Table
 
     from .._registry import available, get
-    from ..report.json_report import combined_verdict, scan_report, write_json
+    from ..report.json_report import combined_verdict
     from ..utils import resolve_device
 
     methods = [m.strip() for m in method.split(",") if m.strip()]
@@ -143,17 +145,19 @@ def scan(
     out.print(f"verdict: {'[bold red]BACKDOORED[/]' if comb['backdoored'] else '[green]clean[/]'} "
               f"({comb['votes']} of {comb['methods']} methods)"
               + (f", target class {comb['target']}" if comb["target"] is not None else ""))
-    if json_out is not None:
-        write_json(json_out, scan_report(str(model_path), results, dataset=data, split=split,
-                                         n_clean=len(few), device=str(dev), seed=seed))
-        out.print(f"wrote {json_out}")
-    if html_out is not None:
-        from ..report.html import write_html
+    if json_out is not None or html_out is not None or triggers_out is not None:
+        from ..report.outputs import write_scan_outputs
 
-        write_html(html_out, f"trojanscope scan: {model_path.name}", results,
-                   extra_sections={"scan": {"model": str(model_path), "dataset": data, "split": split,
-                                            "clean images": len(few), "device": str(dev), "seed": seed}})
-        out.print(f"wrote {html_out}")
+        rep = write_scan_outputs(
+            results, model=model, clean=few, model_info={"path": str(model_path)},
+            data={"dataset": data, "split": split, "n_clean": len(few)},
+            parameters={"device": str(dev), "seed": seed, "methods": methods}, seed=seed,
+            json_path=json_out, html_path=html_out, triggers_dir=triggers_out)
+        for path in (json_out, html_out):
+            if path is not None:
+                out.print(f"wrote {path}")
+        if triggers_out is not None:
+            out.print(f"wrote {len(rep.get('trigger_files', []))} trigger files to {triggers_out}")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,45 +1,27 @@
 """Matplotlib figures of scan results, as PNG bytes (Agg backend: no display needed).
 
-Generic over methods: :func:`class_statistic_figure` draws the per-class statistic with the
-decision threshold, :func:`trigger_figures` renders reversed triggers as image grids. A method
-adds its own figures with :func:`register_figures` (or a ``figures(result)`` static method on
-its detector class); :func:`method_figures` collects them for the HTML report.
+Generic over methods: :func:`class_statistic_figure` draws the per-class statistic named by the
+result's ``statistic_key`` (with the threshold line only when ``threshold_on`` says the threshold
+applies to that statistic), :func:`trigger_figures` renders reversed triggers as image grids.
+Method-specific figures come from the figure registry (:mod:`.registry`). :func:`image_png`
+renders one image enlarged (nearest neighbour) with Pillow, for the HTML report's trigger panel.
 """
 
 from __future__ import annotations
 
 import io
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from ..types import ScanResult
+from .registry import Figure, method_figures
 
-Figure = tuple[str, bytes]  # (caption, PNG bytes)
-FigureFn = Callable[[ScanResult], list[Figure]]
-
-_FIGURES: dict[str, FigureFn] = {}
-
-# per-class key plotted for a method and whether ScanResult.threshold applies to that key
-# (L-RED thresholds its p-value, not the per-class r, so no line is drawn there).
-_STAT_KEYS: dict[str, tuple[str, bool]] = {
-    "neural_cleanse": ("anomaly_index", True),
-    "bias_maps": ("score", True),
-    "lred": ("r", False),
-}
 _MAX_GRID = 40  # most images in one trigger grid (pairs: the smallest masks first)
-
-
-def register_figures(method: str) -> Callable[[FigureFn], FigureFn]:
-    """Decorator: ``@register_figures("lred") def f(result) -> [(caption, png), ...]``."""
-
-    def deco(fn: FigureFn) -> FigureFn:
-        _FIGURES[method] = fn
-        return fn
-
-    return deco
+# colours: the same in every chart and in the HTML banner
+RED, AMBER, BLUE, GREEN = "#c62828", "#e69500", "#6b8fb8", "#2e7d32"
 
 
 def _plt():
@@ -60,16 +42,33 @@ def to_png(fig: Any) -> bytes:
 
 
 def bar_chart(values: Sequence[float | None], *, threshold: float | None = None, highlight: int | None = None,
-              title: str = "", ylabel: str = "", labels: Sequence[str] | None = None) -> bytes:
-    """Bar chart of one value per class, a dashed threshold line and the highlighted class in red."""
+              title: str = "", ylabel: str = "", labels: Sequence[str] | None = None,
+              colors: Sequence[str] | None = None, legend: Sequence[tuple[str, str]] = (),
+              threshold_label: str | None = None) -> bytes:
+    """Bar chart of one value per class with an optional dashed threshold line.
+
+    Args:
+        values: one value per class (None / non-finite: no bar).
+        threshold: where to draw the dashed line, or None.
+        highlight: a class drawn red (when ``colors`` is not given).
+        title, ylabel, labels: texts; labels default to the class indices.
+        colors: one colour per bar (overrides ``highlight``).
+        legend: extra (colour, label) legend entries for the bar colours.
+        threshold_label: the threshold line's legend text (default "threshold T").
+    """
     plt = _plt()
+    from matplotlib.patches import Patch
+
     vals = [float("nan") if v is None else float(v) for v in values]
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * len(vals) + 1.5), 2.8))
-    colors = ["#d62728" if i == highlight else "#4c72b0" for i in range(len(vals))]
+    fig, ax = plt.subplots(figsize=(max(4.0, min(6.6, 0.35 * len(vals) + 1.5)), 2.6))
+    colors = list(colors) if colors is not None else [RED if i == highlight else BLUE for i in range(len(vals))]
     ax.bar(range(len(vals)), [0 if not math.isfinite(v) else v for v in vals], color=colors)
+    handles: list[Any] = [Patch(color=c, label=lab) for c, lab in legend]
     if threshold is not None and math.isfinite(threshold):
-        ax.axhline(threshold, color="k", ls="--", lw=1, label=f"threshold {threshold:g}")
-        ax.legend(loc="best", fontsize=8)
+        handles.append(ax.axhline(threshold, color="k", ls="--", lw=1,
+                                  label=threshold_label or f"threshold {threshold:g}"))
+    if handles:  # below the axes: the plot keeps its width in a narrow page
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(0.0, -0.2), fontsize=8, frameon=False)
     ax.set_xticks(range(len(vals)), labels or [str(i) for i in range(len(vals))],
                   fontsize=7 if len(vals) > 20 else 9)
     ax.set_xlabel("class")
@@ -122,24 +121,66 @@ def image_grid(rows: dict[str, torch.Tensor], col_labels: Sequence[str], *, titl
     return to_png(fig)
 
 
+def per_class_key(result: ScanResult) -> str:
+    """The per-class vector to chart: ``statistic_key`` when ``per_class`` holds it, else the
+    first per-class number vector; "" when there is none."""
+    if _is_vector(result.per_class.get(result.statistic_key)):
+        return result.statistic_key
+    return next((k for k, v in result.per_class.items() if _is_vector(v)), "")
+
+
+def candidate(result: ScanResult) -> int | None:
+    """The class a result points at: its target, else its most suspicious class (or None)."""
+    if result.target is not None:
+        return int(result.target)
+    c = result.extra.get("candidate_target") if isinstance(result.extra, dict) else None
+    return int(c) if isinstance(c, int) and not isinstance(c, bool) else None
+
+
 def class_statistic_figure(result: ScanResult) -> Figure | None:
-    """The per-class statistic as a bar chart with the decision threshold, or None."""
-    key, with_thr = _STAT_KEYS.get(result.method, ("", False))
-    if key not in result.per_class:
-        key = next((k for k in ("anomaly_index", "z", "statistic") if k in result.per_class), "")
-        with_thr = bool(key) and result.p_value is None
+    """The per-class statistic as a bar chart, or None when the result has no per-class vector.
+
+    Colours follow the method's verdict: red = the flagged target (only when the method flags
+    the model), amber = the most suspicious class of a method that does not flag it, blue = the
+    others. The dashed line is drawn only when ``result.threshold`` applies to the charted values
+    (``threshold_on == "statistic"`` and the chart is of ``statistic_key``); its legend names the
+    statistic. A p-value test says so in the legend instead (its threshold is not on this axis).
+    """
+    key = per_class_key(result)
     if not key:
-        key = next((k for k, v in result.per_class.items() if _is_vector(v)), "")
-    if not key or not _is_vector(result.per_class[key]):
         return None
     vals = result.per_class[key]
-    highlight = result.target if result.target is not None else result.extra.get("candidate_target")
-    thr = result.threshold if with_thr else None
-    png = bar_chart(vals, threshold=thr, highlight=highlight, ylabel=key,
-                    title=f"{result.method}: {key} per class")
-    cap = f"{result.method}: per-class {key}" + (f"; dashed line = decision threshold {thr:g}" if thr is not None
-                                                   else "") + "; red = detected (or most suspicious) class"
+    cand = candidate(result)
+    if cand is None or not 0 <= cand < len(vals):
+        finite = [(float(v), i) for i, v in enumerate(vals) if v is not None and math.isfinite(float(v))]
+        cand = max(finite)[1] if finite and result.threshold_on == "statistic" else None
+    hot = RED if result.backdoored else AMBER
+    colors = [hot if i == cand else BLUE for i in range(len(vals))]
+    legend = []
+    if cand is not None:
+        legend.append((hot, f"class {cand}: " + ("flagged target" if result.backdoored
+                                                  else "most suspicious, not flagged")))
+    on_axis = result.threshold_on == "statistic" and key == result.statistic_key
+    thr = result.threshold if on_axis else None
+    thr_label = f"threshold on {key}: {thr:g}" if thr is not None else None
+    note = ""
+    if result.threshold_on == "p_value" and result.threshold is not None:
+        p = result.p_value
+        note = (f"decision on the p-value of the largest {key}: p = {_fmt(p)} "
+                f"{'<' if result.backdoored else '≥'} {result.threshold:g}")
+        legend.append(("none", note))
+    png = bar_chart(vals, threshold=thr, title=f"{result.method}: {key} per class", ylabel=key,
+                    colors=colors, legend=legend, threshold_label=thr_label)
+    cap = (f"{result.method}: {key} per class"
+           + (f"; dashed line = decision threshold {thr:g} on {key}" if thr is not None else "")
+           + (f"; {note} (no threshold on this axis)" if note else "")
+           + ("; red = flagged target" if result.backdoored and cand is not None else "")
+           + ("; amber = most suspicious class, not flagged" if not result.backdoored and cand is not None else ""))
     return cap, png
+
+
+def _fmt(v: float | None) -> str:
+    return "–" if v is None or not math.isfinite(v) else f"{v:.3g}"
 
 
 def _is_vector(v: Any) -> bool:
@@ -184,21 +225,37 @@ def trigger_figures(result: ScanResult) -> list[Figure]:
     return figs
 
 
-def method_figures(result: ScanResult) -> list[Figure]:
-    """Method-specific figures: a function registered with :func:`register_figures`, else a
-    ``figures(result)`` static method on the detector class; [] when neither exists."""
-    fn = _FIGURES.get(result.method)
-    if fn is None:
-        try:
-            from .._registry import get
-
-            fn = getattr(get("model_detector", result.method), "figures", None)
-        except Exception:  # unknown method name: no method figures
-            fn = None
-    return list(fn(result)) if callable(fn) else []
-
-
 def all_figures(result: ScanResult) -> list[Figure]:
     """Every figure of one result: statistic bar chart, trigger grids, method figures."""
     figs = [f for f in (class_statistic_figure(result),) if f is not None]
     return figs + trigger_figures(result) + method_figures(result)
+
+
+def image_png(img: torch.Tensor, size: int = 160, *, signed: bool = False,
+              alpha: torch.Tensor | None = None) -> bytes:
+    """One [C, H, W] image as PNG bytes, enlarged with nearest-neighbour to ``size`` px on its
+    longer side (pixels stay sharp).
+
+    Args:
+        img: [C, H, W], C in {1, 3}, values in [0, 1] (``signed``: rescaled to [0, 1] first).
+        size: output size of the longer side, in pixels.
+        signed: rescale min..max to 0..1 (additive patterns).
+        alpha: optional [1, H, W] or [H, W] opacity in [0, 1] (a trigger mask): RGBA output.
+    """
+    from PIL import Image
+
+    arr = _display(img, signed)
+    arr = arr[..., None].expand(*arr.shape, 3) if arr.ndim == 2 else arr
+    if alpha is not None:
+        a = alpha.detach().float().cpu()
+        a = (a.amax(0) if a.ndim == 3 else a).reshape(arr.shape[0], arr.shape[1]).clamp(0, 1)
+        arr = torch.cat([arr, a[..., None]], dim=-1)
+    data = (arr * 255).round().to(torch.uint8).numpy()
+    im = Image.fromarray(data, mode="RGBA" if alpha is not None else "RGB")
+    h, w = data.shape[:2]
+    scale = max(1, size // max(h, w))
+    if scale > 1:
+        im = im.resize((w * scale, h * scale), Image.Resampling.NEAREST)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()

@@ -4,7 +4,7 @@ useful too!": bias-map grids with "ratio pred" titles (Figs. 3-7), per-class dis
 
 The figure functions return matplotlib figures (for the benchmark's PNG files);
 :func:`result_figures` returns (caption, PNG bytes) pairs for the HTML report, which finds it
-through ``BiasMaps.figures``.
+through the figure registry (:mod:`.registry`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import torch
 
 from ..types import ScanResult
 from ..utils import atomic_write_bytes
-from .figures import Figure, _display, _plt, to_png
+from .figures import _display, _plt, to_png
+from .registry import Figure, register_figures
 
 
 def _img(ax: Any, img: torch.Tensor) -> None:
@@ -150,6 +151,7 @@ def save(fig: Any, path: str | Path, dpi: int = 110) -> Path:
     return Path(path)
 
 
+@register_figures("bias_maps")
 def result_figures(result: ScanResult) -> list[Figure]:
     """The method's figures of one scan for the HTML report: the bias-map grid, the per-class
     distances and, for Algorithm II, the source x prediction grid."""

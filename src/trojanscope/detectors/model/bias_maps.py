@@ -139,13 +139,6 @@ class BiasMaps(ModelDetector):
         """The demo has no reference model: reference-free, small, a few seconds on a CPU."""
         return cls(inputs="data", n_samples=64, iterations=10, eps=0.1)
 
-    @staticmethod
-    def figures(result: ScanResult) -> list[tuple[str, bytes]]:
-        """The report's figures of a scan: bias-map grid, distances, Algorithm II grid."""
-        from ...report.figures_bias import result_figures
-
-        return result_figures(result)
-
     # ------------------------------------------------------------------ checks and inputs
 
     def _check_params(self) -> None:
@@ -340,6 +333,7 @@ class BiasMaps(ModelDetector):
         return ScanResult(
             method="bias_maps", backdoored=backdoored, target=target if backdoored else None,
             sources=sources if backdoored else [], statistic=stat, anomaly_index=z_t, threshold=1.0,
+            statistic_key="score",
             per_class={name: v.tolist() for name, v in per_class.items()},
             trigger=trigger,
             extra={name: (v.tolist() if isinstance(v, torch.Tensor) else v) for name, v in extra.items()},

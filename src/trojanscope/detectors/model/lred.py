@@ -157,7 +157,7 @@ class LRED(ModelDetector):
         return ScanResult(
             method="lred", backdoored=backdoored, target=t_hat if backdoored else None,
             sources=src if backdoored else [], statistic=float(r[t_hat]), p_value=p,
-            threshold=self.theta,
+            threshold=self.theta, statistic_key="r", threshold_on="p_value",
             per_class={"r": r.tolist(), "norm": norm.tolist(), "weights": w.tolist(),
                        "q": est["q"].cpu().tolist(), "steps": est["steps"].cpu().tolist(),
                        "finished": est["finished"].cpu().tolist()},
@@ -199,7 +199,7 @@ class LRED(ModelDetector):
         return ScanResult(
             method="lred", backdoored=backdoored, target=t_hat if backdoored else None,
             sources=src if backdoored else [], statistic=float(r_p[best]), p_value=p,
-            threshold=self.theta,
+            threshold=self.theta, statistic_key="r", threshold_on="p_value",
             per_class={"r": r_t.tolist(), "norm": norm_t.tolist(), "r_pair": r_pair.tolist()},
             trigger={"pattern": pattern},
             extra=self._extra(est, test, len(data), t_hat, src, pair=[s_hat, t_hat]),

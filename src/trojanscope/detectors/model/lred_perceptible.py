@@ -142,7 +142,7 @@ class LREDPerceptible(ModelDetector):
         return ScanResult(
             method="lred_perceptible", backdoored=backdoored, target=t_hat if backdoored else None,
             sources=src if backdoored else [], statistic=float(r[t_hat]), p_value=p,
-            threshold=self.theta,
+            threshold=self.theta, statistic_key="r", threshold_on="p_value",
             per_class={"r": r.tolist(), "mask_l1": l1.tolist(), "weights": best_w.cpu().tolist(),
                        "reached": reached.cpu().tolist()},
             trigger={"mask": best_mask.cpu(), "pattern": best_pattern.cpu()},

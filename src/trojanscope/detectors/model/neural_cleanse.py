@@ -318,6 +318,7 @@ class NeuralCleanse(ModelDetector):
             flagged = stat > self.threshold
             return ScanResult(method=self.name, backdoored=flagged, target=i if flagged else None,
                               sources=[], statistic=stat, anomaly_index=stat, threshold=self.threshold,
+                              statistic_key="anomaly_index",
                               per_class={"mask_l1": l1.tolist(), "anomaly_index": idx.tolist()},
                               trigger=trigger, extra={**extra, "candidate_target": i})
         # source-specific: MAD over all (source, target) pairs; the target of the smallest pair,
@@ -344,6 +345,7 @@ class NeuralCleanse(ModelDetector):
         extra["pair_anomaly_index"] = idx.tolist()
         return ScanResult(method=self.name, backdoored=flagged, target=tgt if flagged else None,
                           sources=srcs, statistic=stat, anomaly_index=stat, threshold=self.threshold,
+                          statistic_key="anomaly_index",
                           per_class={"mask_l1": per_target_l1.tolist(), "anomaly_index": per_target_idx.tolist()},
                           trigger=trigger, extra={**extra, "candidate_target": tgt})
 

@@ -183,6 +183,7 @@ class ULP(ModelDetector):
             p = float(ulp.probability(logits[None])[0])
         thr = float(ulp.threshold if self.threshold is None else self.threshold)
         return ScanResult(method="ulp", backdoored=p > thr, statistic=p, threshold=thr,
+                          statistic_key="probability_poisoned",
                           extra={"probability_poisoned": p, "n_patterns": ulp.n_patterns,
                                  "pooling": ulp.pooling,
                                  "sort_logits": ulp.sort_logits, "noise_input": ulp.noise_input,
