@@ -171,7 +171,7 @@ def test_figure_registry_replaces_method_names_in_figures():
         assert f'"{name}"' not in src, f"figures.py names the method {name}"
     assert "bias_maps" in registry.registered()  # the bias-map figures come from the registry
     bare = ScanResult(method="unknown_method", backdoored=False, statistic=0.1)
-    assert figures.all_figures(bare) == [] and "unknown_method" in render_html("t", [bare])
+    assert registry.all_figures(bare) == [] and "unknown_method" in render_html("t", [bare])
     # many source-specific pairs: the grid keeps the smallest masks, labelled s→t
     pairs = [[s, t] for s in range(8) for t in range(8) if s != t]
     rp = ScanResult(method="neural_cleanse", backdoored=False,

@@ -3,7 +3,8 @@
 Generic over methods: :func:`class_statistic_figure` draws the per-class statistic named by the
 result's ``statistic_key`` (with the threshold line only when ``threshold_on`` says the threshold
 applies to that statistic), :func:`trigger_figures` renders reversed triggers as image grids.
-Method-specific figures come from the figure registry (:mod:`.registry`). :func:`image_png`
+Method-specific figures come from the figure registry (:mod:`.registry`, which also
+collects every figure of a result: :func:`~.registry.all_figures`). :func:`image_png`
 renders one image enlarged (nearest neighbour) with Pillow, for the HTML report's trigger panel.
 """
 
@@ -17,7 +18,8 @@ from typing import Any
 import torch
 
 from ..types import ScanResult
-from .registry import Figure, method_figures
+
+Figure = tuple[str, bytes]  # (caption, PNG bytes)
 
 _MAX_GRID = 40  # most images in one trigger grid (pairs: the smallest masks first)
 # colours: the same in every chart and in the HTML banner
@@ -223,12 +225,6 @@ def trigger_figures(result: ScanResult) -> list[Figure]:
         figs.append((f"{result.method}: {key} per candidate (rescaled per image)",
                      image_grid({key: v[order]}, [names[i] for i in order], signed=(key,))))
     return figs
-
-
-def all_figures(result: ScanResult) -> list[Figure]:
-    """Every figure of one result: statistic bar chart, trigger grids, method figures."""
-    figs = [f for f in (class_statistic_figure(result),) if f is not None]
-    return figs + trigger_figures(result) + method_figures(result)
 
 
 def image_png(img: torch.Tensor, size: int = 160, *, signed: bool = False,

@@ -18,8 +18,7 @@ import torch
 
 from ..types import ScanResult
 from ..utils import atomic_write_bytes
-from .figures import _display, _plt, to_png
-from .registry import Figure, register_figures
+from .figures import Figure, _display, _plt, to_png
 
 
 def _img(ax: Any, img: torch.Tensor) -> None:
@@ -151,7 +150,6 @@ def save(fig: Any, path: str | Path, dpi: int = 110) -> Path:
     return Path(path)
 
 
-@register_figures("bias_maps")
 def result_figures(result: ScanResult) -> list[Figure]:
     """The method's figures of one scan for the HTML report: the bias-map grid, the per-class
     distances and, for Algorithm II, the source x prediction grid."""

@@ -23,8 +23,9 @@ from typing import Any
 from ..types import ScanResult
 from ..utils import atomic_write_bytes, to_jsonable, versions
 from .explain import fallback_verdict, fmt, why
-from .figures import Figure, all_figures, candidate, image_png, per_class_key
+from .figures import Figure, candidate, image_png, per_class_key
 from .prep import TriggerExamples
+from .registry import all_figures
 
 _CSS = """
 *{box-sizing:border-box}

@@ -3,27 +3,26 @@
 Generic figures (the per-class statistic chart, reversed-trigger grids) need no registration:
 they read the result's display metadata (``statistic_key``, ``threshold_on``, the trigger-key
 convention of :class:`~trojanscope.types.ScanResult`). A method whose results deserve more
-(bias maps: map grids, distance panels) registers a function here, from a module under
-``report/`` — method classes know nothing of figures::
+(bias maps: map grids, distance panels) has a function here, written in a module under
+``report/`` — method classes know nothing of figures. Plugins add theirs with::
 
-    @register_figures("bias_maps")
-    def bias_map_figures(result: ScanResult) -> list[Figure]: ...
+    @register_figures("my_method")
+    def my_figures(result: ScanResult) -> list[Figure]: ...
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 
 from ..types import ScanResult
+from . import figures_bias
+from .figures import Figure, class_statistic_figure, trigger_figures
 
-Figure = tuple[str, bytes]  # (caption, PNG bytes)
 FigureFn = Callable[[ScanResult], list[Figure]]
 
-_FIGURES: dict[str, FigureFn] = {}
-# report modules that register figures when imported (loaded on first use: matplotlib is slow)
-_BUILTIN = ("figures_bias",)
-_loaded = False
+_FIGURES: dict[str, FigureFn] = {
+    "bias_maps": figures_bias.result_figures,  # Borji: map grids, distances, Algorithm II grid
+}
 
 
 def register_figures(method: str) -> Callable[[FigureFn], FigureFn]:
@@ -41,22 +40,18 @@ def unregister_figures(method: str) -> None:
     _FIGURES.pop(method, None)
 
 
-def _load_builtin() -> None:
-    global _loaded
-    if not _loaded:
-        for mod in _BUILTIN:
-            importlib.import_module(f"{__package__}.{mod}")
-        _loaded = True
-
-
 def registered() -> list[str]:
     """Methods with registered figures."""
-    _load_builtin()
     return sorted(_FIGURES)
 
 
 def method_figures(result: ScanResult) -> list[Figure]:
     """The figures registered for ``result.method`` ([] when none is)."""
-    _load_builtin()
     fn = _FIGURES.get(result.method)
     return list(fn(result)) if fn is not None else []
+
+
+def all_figures(result: ScanResult) -> list[Figure]:
+    """Every figure of one result: per-class statistic chart, trigger grids, method figures."""
+    figs = [f for f in (class_statistic_figure(result),) if f is not None]
+    return figs + trigger_figures(result) + method_figures(result)
