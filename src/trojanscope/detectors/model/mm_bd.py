@@ -199,6 +199,7 @@ class MMBD(ModelDetector):
         return ScanResult(
             method="mm_bd", backdoored=backdoored, target=t_hat if backdoored else None,
             statistic=float(r[t_hat]), p_value=p, threshold=self.theta,
+            statistic_key="max_margin", threshold_on="p_value",
             per_class={"max_margin": r.tolist(),
                        "median_margin_over_starts": est["margin_per_start"].median(1).values.tolist()},
             trigger={"max_margin_input": est["x"]},
