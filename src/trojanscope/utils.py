@@ -57,6 +57,7 @@ def _umask_mode() -> int:
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write to a temp file in the same folder, fsync, then rename: never a half-written file."""
     path = Path(path)
+    check_writable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -80,19 +81,42 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it over ``path`` when the block succeeds.
 
-    For writers (torch.export.save, safetensors) that want a file name rather than bytes.
+    For writers (torch.export.save, safetensors) that want a file name rather than bytes. The
+    temporary file has the final file name, inside a private temporary folder: torch names the
+    top folder of its zip archives after the file, so the bytes do not depend on a random name.
     """
     path = Path(path)
+    check_writable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
+    tmpdir = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    tmp = tmpdir / path.name
     try:
-        yield Path(tmp)
+        yield tmp
         os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        with contextlib.suppress(OSError):
+            os.rmdir(tmpdir)
+
+
+# Files this process reads as inputs (model files, their sidecars, data files): no command may
+# write over one of them ("mitigate M --out M" would destroy the model it repairs).
+_INPUTS: set[str] = set()
+
+
+def protect_input(path: str | Path) -> None:
+    """Record ``path`` as an input of this process: :func:`check_writable` refuses it after."""
+    with contextlib.suppress(OSError):
+        _INPUTS.add(os.path.realpath(path))
+
+
+def check_writable(path: str | Path) -> None:
+    """Raise :class:`InputError` when ``path`` is (a link to) a file this process read as input."""
+    if _INPUTS and os.path.realpath(path) in _INPUTS:
+        raise InputError(f"refusing to write {path}: it is an input of this command (the output "
+                         "would overwrite it); choose another output path")
 
 
 def _json_default(o: Any) -> Any:

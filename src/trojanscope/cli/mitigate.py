@@ -55,9 +55,9 @@ def mitigate(
     true trigger when --attack gives it or the model's sidecar records it.
     """
     from .._registry import available, get
-    from ..models import save_model
+    from ..models import save_model, sidecar_path
     from ..report.json_report import SCHEMA
-    from ..utils import atomic_write_json, resolve_device, to_jsonable, versions
+    from ..utils import atomic_write_json, check_writable, resolve_device, to_jsonable, versions
     from .train import parse_params
 
     if method not in available("mitigation"):
@@ -71,6 +71,9 @@ def mitigate(
     dev = resolve_device(device)
     model, (train_d, test) = model_and_data(model_path, data, data_dir, ("train", "test"),
                                             normalize=normalize, module=module, arch=arch, device=dev)
+    if out_path is not None:  # before any work: the repaired model may not replace its input
+        check_writable(out_path)
+        check_writable(sidecar_path(out_path))
     recorded = model.metadata.get("attack") if hasattr(model, "metadata") else None
     if attack is None and isinstance(recorded, dict) and recorded.get("name"):
         spec = {k: recorded.get(k) for k in ("name", "params", "target", "sources")}

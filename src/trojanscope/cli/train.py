@@ -210,7 +210,7 @@ def train_cmd(
     from ..models import create_model, save_model, sidecar_path, wrap_model
     from ..models.io import _format_of
     from ..train import train
-    from ..utils import resolve_device
+    from ..utils import check_writable, resolve_device
 
     _format_of(out_path, for_saving=True)  # fail on a bad --out before training
     dev = resolve_device(device)
@@ -238,6 +238,8 @@ def train_cmd(
         if normalize is not None:
             raise InputError("--normalize sets up a new model; an --init model keeps its own normalisation")
         model = _init_model(init, train_d, dev)
+        check_writable(out_path)  # before training: --out may not replace the --init model
+        check_writable(sidecar_path(out_path))
         arch = model.arch or arch
     else:
         net = create_model(arch, train_d.num_classes, train_d.in_shape)

@@ -9,6 +9,7 @@ import torch
 
 from .._registry import register
 from ..errors import DataNotFoundError, InputError
+from ..utils import protect_input
 from ._base import ImageData, to_float_nchw
 from ._safe import MAX_ARRAY_BYTES, check_array, decode_image, npz_member_nbytes, reading
 
@@ -24,6 +25,7 @@ def read_npz_array(path: str | Path, keys: tuple[str, ...], *, labels: bool = Fa
     path = Path(path)
     if not path.is_file():
         raise DataNotFoundError(f"no such file: {path}")
+    protect_input(path)
     with reading(path, "the .npz file", prefix="not a valid .npz file"):
         with np.load(path, allow_pickle=False) as z:
             if not hasattr(z, "files"):
@@ -98,6 +100,7 @@ def load_images(path: str | Path, size: tuple[int, int] | None = None) -> tuple[
     path = Path(path)
     if not path.exists():
         raise DataNotFoundError(f"no such file or folder: {path}")
+    protect_input(path)
     with reading(path, "the inputs"):
         return _load_images(path, size)
 

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError, ModelFileError, TrojanscopeError
-from ..utils import atomic_path, atomic_write_json, resolve_device, versions
+from ..utils import atomic_path, atomic_write_json, protect_input, resolve_device, versions
 from ._archive import check_archive, check_graph_targets, no_code_unpickling
 from ._files import (
     _CARRIED,
@@ -47,6 +47,7 @@ from ._files import (
     _read_state_dict,
     sidecar_path,
 )
+from ._reproducible import fix_serialization_id, sort_safetensors_header
 from ._sidecar import SIDECAR_FORMAT, SIDECAR_VERSION
 from .wrap import Normalize, WrappedModel, unwrap, wrap_model
 
@@ -107,10 +108,12 @@ def save_model(model: nn.Module, path: str | Path, *, mean: Sequence[float] | No
         state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
         with atomic_path(path) as tmp:
             save_file(state, str(tmp), metadata={"format": SIDECAR_FORMAT, "arch": arch})
+            sort_safetensors_header(tmp)  # byte-reproducible: the header order is random otherwise
     elif fmt == "state_dict":
         state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
         with atomic_path(path) as tmp:
             torch.save(state, tmp)
+            fix_serialization_id(tmp)
     else:
         if in_shape is None:
             raise InputError(f"saving as {fmt} needs the input shape: pass in_shape=(C, H, W)")
@@ -121,6 +124,8 @@ def save_model(model: nn.Module, path: str | Path, *, mean: Sequence[float] | No
         example = torch.rand(2, *in_shape, generator=torch.Generator().manual_seed(0))
         with atomic_path(path) as tmp:
             _export(wrapped, example, tmp, fmt)
+            if fmt in ("export", "torchscript"):
+                fix_serialization_id(tmp)
     side: dict[str, Any] = {}
     if isinstance(model, WrappedModel):
         # what stays true of a re-saved model; metrics are not carried (the caller gives new ones)
@@ -238,6 +243,8 @@ def load_model(path: str | Path, *, normalize: tuple[Sequence[float], Sequence[f
         raise ModelFileError(f"{path} is a folder, not a model file")
     if path.stat().st_size == 0:
         raise ModelFileError(f"model file {path} is empty (0 bytes)")
+    protect_input(path)  # no output of this process may overwrite it (nor its sidecar)
+    protect_input(sidecar_path(path))
     fmt = _format_of(path)
     side = _read_sidecar(path, required=(fmt == "safetensors" and arch is None and module is None))
     in_shape = tuple(in_shape) if in_shape else (tuple(side["in_shape"]) if side.get("in_shape") else None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,7 +33,10 @@ def _run_pool(jobs: list[ModelJob], spec_d: dict, zoo_dir: str, workers: int
     from ._worker import init_worker
 
     ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
-    ex = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init_worker)
+    # workers die with this process (parent-death signal + watchdog, see init_worker)
+    ex = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init_worker,
+                             initargs=(os.getpid(),))
+    finished = False
     try:
         # keep at most 2 jobs per worker queued, so an interrupt loses little work
         todo = list(reversed(jobs))
@@ -43,13 +47,21 @@ def _run_pool(jobs: list[ModelJob], spec_d: dict, zoo_dir: str, workers: int
             done, running = wait(running, return_when=FIRST_COMPLETED)
             for f in done:
                 yield f.result()
+        finished = True
     finally:
-        # on an interrupt the jobs in flight die with the build (resume redoes them); left to
-        # finish they would outlive a killed parent as orphaned forkserver workers
-        procs = list((getattr(ex, "_processes", None) or {}).values())
-        ex.shutdown(wait=False, cancel_futures=True)
-        for proc in procs:
-            proc.terminate()
+        if finished:
+            # a normal end: let the pool close its pipes itself (terminating workers under a live
+            # executor printed "Exception ignored ... Bad file descriptor" at exit)
+            ex.shutdown(wait=True)
+        else:
+            # on an interrupt the jobs in flight die with the build (resume redoes them); left to
+            # finish they would outlive a killed parent as orphaned forkserver workers
+            procs = list((getattr(ex, "_processes", None) or {}).values())
+            ex.shutdown(wait=False, cancel_futures=True)
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                proc.join(timeout=5)
 
 
 def _run_ray(jobs: list[ModelJob], spec_d: dict, zoo_dir: str, workers: int

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -31,9 +32,50 @@ def zoo_data(spec: ZooSpec) -> tuple[ImageData, ImageData]:
     return _DATA[key]
 
 
-def init_worker() -> None:
-    """One torch thread per worker: N workers on N cores, no oversubscription."""
+def init_worker(parent_pid: int | None = None) -> None:
+    """One torch thread per worker: N workers on N cores, no oversubscription.
+
+    With ``parent_pid`` (a pool worker), the worker also dies with that process: SIGKILL of
+    ``zoo build`` must not leave workers training, orphaned, at 100% CPU.
+    """
     torch.set_num_threads(1)
+    if parent_pid is not None:
+        die_with(parent_pid)
+
+
+def die_with(parent_pid: int, period: float = 1.0) -> None:
+    """End this process when ``parent_pid`` ends.
+
+    Linux: ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` fires when the direct parent (the forkserver,
+    which itself exits when the main process is gone) dies; everywhere: a daemon thread polls
+    ``parent_pid`` every ``period`` seconds and exits the worker when it is gone.
+    """
+    import signal
+    import sys
+    import threading
+
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # pragma: no cover - no libc prctl
+            pass
+
+    def watch() -> None:
+        while True:
+            time.sleep(period)
+            try:
+                os.kill(parent_pid, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:  # pragma: no cover - the pid was reused by another user
+                os._exit(1)
+            if os.getppid() == 1:  # re-parented to init: the pool's parent is gone
+                os._exit(1)
+
+    threading.Thread(target=watch, name="trojanscope-parent-watchdog", daemon=True).start()
 
 
 def build_model(job_d: dict[str, Any], spec_d: dict[str, Any], zoo_dir: str) -> dict[str, Any]:
