@@ -40,13 +40,13 @@ h3{font-size:1.05em;margin:1.2em 0 .3em}
 .banner p{margin:.35em 0 0}
 .backdoored{background:#c62828}.clean{background:#2e7d32}.inconclusive{background:#e69500;color:#1d1d1f}
 .error{background:#555}
-.meta{color:#555;font-size:.85em;overflow-wrap:anywhere}
+.meta{color:#555;font-size:.85em;overflow-wrap:break-word}
 ul.why{list-style:none;padding:0;margin:.4em 0}ul.why li{margin:.35em 0}
 .pill{display:inline-block;border-radius:4px;padding:0 .45em;font-size:.78em;font-weight:700;color:#fff;
 vertical-align:1px}
 .trig{display:flex;flex-wrap:wrap;gap:14px;align-items:flex-start}
 figure{margin:.6em 0}figcaption{font-size:.85em;color:#555;overflow-wrap:anywhere}
-.trig figure{margin:0;text-align:center}
+.trig figure{margin:0;text-align:center;max-width:150px}
 img{max-width:100%;height:auto}img.px{image-rendering:pixelated}
 .ex{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:10px;margin:.6em 0}
 .ex figure{margin:0;text-align:center;border:1px solid #ddd;border-radius:6px;padding:6px}
@@ -189,7 +189,7 @@ def _trigger_section(ex: TriggerExamples) -> str:
     size = 144
     if ex.mask is not None:
         panels.append(("mask m", image_png(ex.mask, size)))
-        panels.append(("pattern p", image_png(ex.pattern, size)))
+        panels.append(("pattern p (used only where m > 0)", image_png(ex.pattern, size)))
         panels.append(("m · p (what is stamped)", image_png(ex.pattern * ex.mask, size)))
     else:
         panels.append(("additive pattern v (rescaled)", image_png(ex.pattern, size, signed=True)))
@@ -260,6 +260,9 @@ def per_class_table(r: ScanResult) -> str:
 def _method_section(r: ScanResult) -> str:
     out = [f"<h3 id='m-{_e(r.method)}'>{_pill(_method_verdict(r), 'flags' if r.backdoored else 'clean')} "
            f"{_e(r.method)}</h3><p>{_e(why(r))}</p>"]
+    formula = r.extra.get("statistic") if isinstance(r.extra, dict) else None
+    if isinstance(formula, str):  # the method's own definition of its statistic
+        out.append(f"<p class='muted'>{_e(r.statistic_key)}: {_e(formula)}</p>")
     try:
         out += [_img(f) for f in all_figures(r)]
     except Exception as e:  # a broken figure must not lose the rest of the report
@@ -293,7 +296,7 @@ def render_html(title: str, results: Sequence[ScanResult], extra_sections: Mappi
                 envelope: Mapping[str, Any] | None = None) -> str:
     """The report as an HTML string (see :func:`write_html`)."""
     v = dict(verdict) if verdict is not None else fallback_verdict(results)
-    now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     env = dict(envelope or {})
     meta = [f"trojanscope report, {now}"]
     model = env.get("model")
