@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from ._registry import get
+from ._runtime import ProgressFn, frozen
 from .data import ImageData
 from .detectors.input import InputDetector
-from .detectors.model._base import frozen
 from .errors import InputError
 from .types import _as_dict
 from .utils import model_device
@@ -107,7 +107,7 @@ class Guard:
             raise InputError(f"bad detector parameters: {e}") from None
 
     def fit(self, clean: ImageData | tuple[torch.Tensor, torch.Tensor], *,
-            progress: Any = None) -> Guard:
+            progress: ProgressFn | None = None) -> Guard:
         """Fit and calibrate every detector on clean images the model was, ideally, not trained
         on (a training-set reference makes scores of unseen clean inputs look more unusual).
 
@@ -134,7 +134,7 @@ class Guard:
             self.fit_seconds_[name] = time.perf_counter() - t0
         return self
 
-    def predict(self, x: torch.Tensor, *, progress: Any = None) -> GuardResult:
+    def predict(self, x: torch.Tensor, *, progress: ProgressFn | None = None) -> GuardResult:
         """Labels, per-detector scores and flags for images ``x`` [N, C, H, W] in [0, 1]."""
         if not hasattr(self, "detectors_"):
             raise InputError("call Guard.fit(clean) before predict")

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._runtime import ProgressFn
 from .data import ImageData
 from .errors import InputError
 from .utils import generator, model_device
-
-ProgressFn = Callable[[dict[str, Any]], None]
 
 
 def augment_batch(x: torch.Tensor, g: torch.Generator, crop: int = 0, flip: bool = False) -> torch.Tensor:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._params import Configurable
+from .._runtime import frozen
 from .._validate import check_images, check_labels, check_logits
 from ..errors import InputError
 from ..models._logits import ensure_logits
@@ -78,8 +79,6 @@ class EvasionAttack(Configurable):
         bs = as_int(getattr(self, "batch_size", 256), "batch_size", lo=1)
         dev, n = model_device(model), len(x)
         xd = x.detach().to(dev, torch.float32)
-        from ..detectors.model._base import frozen  # late import: detectors import the attacks
-
         with frozen(model):
             try:
                 with torch.no_grad():

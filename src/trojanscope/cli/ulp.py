@@ -57,7 +57,10 @@ def train(
     res = {"train": roc_summary(ulp.score_models(models), labels)}
     te_models, te_labels, te_rows = zoo.load("test")
     if te_rows and 0 < int(te_labels.sum()) < len(te_rows):
-        res["test"] = roc_summary(ulp.score_models(te_models), te_labels)
+        te_scores = ulp.score_models(te_models)
+        res["test"] = roc_summary(te_scores, te_labels)
+        # the null distribution of P(poisoned) on held-out clean models: scan p-values use it
+        ulp.info["clean_scores"] = [float(v) for v in te_scores[te_labels == 0]]
     ulp.info["zoo"] = str(zoo.root)
     ulp.info["auc"] = {k: v["auc"] for k, v in res.items()}
     ulp.save(out_file)

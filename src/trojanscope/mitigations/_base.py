@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
 from typing import Any, final
 
 import torch
@@ -17,16 +16,14 @@ from torch import nn
 
 from .._params import Configurable
 from .._registry import create
+from .._runtime import ProgressFn, as_image_data, frozen, probe_num_classes
 from ..attacks import MaskPatternTrigger, Trigger
 from ..data import ImageData
-from ..detectors.model._base import as_image_data, frozen, probe_num_classes
 from ..errors import InputError
 from ..metrics import accuracy, attack_success_rate
 from ..models._logits import ensure_logits
 from ..types import MitigationResult, ScanResult
 from ..utils import model_device
-
-ProgressFn = Callable[[dict[str, Any]], None]
 
 
 class ReversedPerturbation(Trigger):

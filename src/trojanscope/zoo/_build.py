@@ -5,17 +5,17 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .._runtime import ProgressFn
 from ..errors import InputError
 from ..utils import atomic_write_json
 from ._spec import ModelJob, ZooSpec, plan_jobs
 from ._store import SPEC_FILE, Zoo, clean_stale, completed_rows, read_spec, write_manifest
 from ._worker import build_model, zoo_data
 
-ProgressFn = Callable[[dict[str, Any]], None]
 EXECUTORS = ("local", "ray")
 
 

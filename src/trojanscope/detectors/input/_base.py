@@ -9,14 +9,13 @@ import torch
 from torch import nn
 
 from ..._params import Configurable
+from ..._runtime import frozen, prepared
 from ..._validate import check_images
 from ...data import ImageData
 from ...errors import InputError
 from ...metrics import threshold_at_fpr
-from ...models._logits import ensure_logits
 from ...types import InputScores
 from ...utils import model_device
-from ..model._base import as_image_data, frozen, probe_num_classes
 
 
 class InputDetector(Configurable):
@@ -37,18 +36,13 @@ class InputDetector(Configurable):
     @final
     def fit(self, model: nn.Module, clean: ImageData | tuple[torch.Tensor, torch.Tensor]) -> InputDetector:
         """Learn clean statistics from ``clean`` and set the threshold on a held-out part of it."""
-        if not isinstance(model, nn.Module):
-            raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not 0 < self.fpr < 1:
             raise InputError(f"fpr must be in (0, 1), got {self.fpr}")
-        data = as_image_data(clean)
-        dev = model_device(model)
-        data = data.to(dev)
+        prep = prepared(model, clean, method=self.name)
+        data = prep.data
         with frozen(model):
-            num_classes = probe_num_classes(model, data.x)
-            data = as_image_data(data, num_classes)
-            self.model_ = ensure_logits(model, data.x)
-            self.num_classes_ = num_classes
+            self.model_ = prep.model
+            self.num_classes_ = prep.num_classes
             self.in_shape_ = tuple(data.x.shape[1:])
             fit_part, calib = data.split(1 - self.calibration_fraction, seed=self.seed)
             if len(calib) < 5:

@@ -3,75 +3,21 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any, final
 
 import torch
 from torch import nn
 
 from ..._params import Configurable
-from ..._validate import check_labels, check_logits
+from ..._runtime import ProgressFn, as_image_data, check_model, frozen, prepared, probe_num_classes
 from ...data import ImageData
 from ...errors import InputError
-from ...models._logits import ensure_logits, set_mode
+from ...models._logits import ensure_logits
 from ...types import ScanResult
 from ...utils import model_device
 
-ProgressFn = Callable[[dict[str, Any]], None]
-
-
-def as_image_data(clean: ImageData | tuple[torch.Tensor, torch.Tensor], num_classes: int | None = None
-                  ) -> ImageData:
-    """Accept ImageData or an (x, y) pair; validate either."""
-    if isinstance(clean, ImageData):
-        if num_classes is not None and clean.num_classes != num_classes:
-            from dataclasses import replace
-            check_labels(clean.y, len(clean), num_classes)
-            return replace(clean, num_classes=num_classes)
-        return clean
-    if isinstance(clean, (tuple, list)) and len(clean) == 2:
-        x, y = clean
-        if num_classes is None:
-            num_classes = int(torch.as_tensor(y).max()) + 1
-        return ImageData(x, torch.as_tensor(y), num_classes, name="clean")
-    raise InputError("clean data must be an ImageData or an (images, labels) pair")
-
-
-def probe_num_classes(model: nn.Module, x: torch.Tensor) -> int:
-    """Run the model on two images: a clear error if it cannot take them or returns something
-    other than finite [N, K] outputs; returns K."""
-    try:
-        with torch.no_grad():
-            out = model(x[:2])
-    except RuntimeError as e:
-        raise InputError(f"the model cannot process images of shape {tuple(x.shape[1:])}: "
-                         f"{str(e).splitlines()[0]}") from None
-    check_logits(out, min(2, len(x)))
-    return int(out.shape[1])
-
-
-class frozen:
-    """Context: eval mode and no parameter gradients for the duration; restores both after.
-
-    Detectors differentiate w.r.t. inputs only, so the model's parameters never change and its
-    ``.grad`` fields are never written ("a scan never modifies the model it scans").
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-
-    def __enter__(self) -> nn.Module:
-        self._training = self.model.training
-        self._req = [(p, p.requires_grad) for p in self.model.parameters()]
-        set_mode(self.model, False)
-        for p, _ in self._req:
-            p.requires_grad_(False)
-        return self.model
-
-    def __exit__(self, *exc: object) -> None:
-        for p, r in self._req:
-            p.requires_grad_(r)
-        set_mode(self.model, self._training)
+# re-exported for the detector modules (they import them from here)
+__all__ = ["ModelDetector", "ProgressFn", "as_image_data", "frozen", "probe_num_classes"]
 
 
 class ModelDetector(Configurable):
@@ -88,9 +34,24 @@ class ModelDetector(Configurable):
     #: a method whose paper proposes it without an evaluation and whose false-alarm rate is
     #: known to be poor: the demo runs it only when asked for by name, the CLI warns.
     experimental: str | None = None
-    #: False for methods that can scan with no clean data at all (``scan(model, None,
-    #: in_shape=...)``); they implement :meth:`_scan_without_data`.
+    #: False for a data-free method (it needs no clean images).
     needs_data: bool = True
+    #: what else the method needs, by name: ``"reference"`` (a clean model of the same task,
+    #: passed as the ``reference`` parameter) or ``"ulp"`` (a trained ULP file, the ``ulp_path``
+    #: parameter). ``trojanscope scan`` (``--method auto``) runs the method only when the user
+    #: gives them.
+    needs: tuple[str, ...] = ()
+
+    @classmethod
+    def unavailable(cls, context: dict[str, Any]) -> str | None:
+        """Why the automatic selection cannot run this method, or None when it can.
+
+        ``context`` holds what the workflow knows: ``in_shape``, ``num_classes``, ``gradients``
+        (bool), ``data`` (bool) and the resources of :attr:`needs` (``reference``, ``ulp``).
+        The default checks nothing beyond the class attributes (the workflow checks those);
+        a method with further conditions (ULP: the file's input shape) overrides it.
+        """
+        return None
 
     @final
     def scan(self, model: nn.Module, clean: ImageData | tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -107,23 +68,13 @@ class ModelDetector(Configurable):
             num_classes: expected number of classes, for a data-free scan (checked against the
                 model's output; default: whatever the model returns).
         """
-        if not isinstance(model, nn.Module):
-            raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if self.needs_gradients:
-            from ...models.wrap import require_gradients
-
-            require_gradients(model, self.name)  # an ONNX model has none: say so up front
+        check_model(model, method=self.name, needs_gradients=self.needs_gradients)
         if clean is None:
             return self._scan_no_data(model, in_shape, num_classes, progress)
-        data = as_image_data(clean)
-        dev = model_device(model)
-        data = data.to(dev)
+        prep = prepared(model, clean, method=self.name, needs_gradients=self.needs_gradients)
         with frozen(model):
-            num_classes = probe_num_classes(model, data.x)
-            data = as_image_data(data, num_classes)
-            net = ensure_logits(model, data.x)
             t0 = time.perf_counter()
-            result = self._scan(net, data, num_classes, progress)
+            result = self._scan(prep.model, prep.data, prep.num_classes, progress)
             result.seconds = time.perf_counter() - t0
         result.method = self.name
         result.params = self.get_params()

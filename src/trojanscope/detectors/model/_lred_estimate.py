@@ -19,7 +19,6 @@ weights lag behind and the annealed norms come out 5-25% larger than the fine pa
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,9 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..._runtime import ProgressFn
 from ...errors import InputError
-
-ProgressFn = Callable[[dict[str, Any]], None]
 
 
 @dataclass

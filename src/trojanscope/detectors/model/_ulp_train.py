@@ -13,7 +13,6 @@ The M patterns go through all N models at once: models of one architecture are s
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,11 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..._runtime import ProgressFn
 from ...errors import InputError
 from ...utils import generator
 
 POOLINGS = ("concat", "max", "mean")
-ProgressFn = Callable[[dict[str, Any]], None]
 
 
 def pool_logits(logits: torch.Tensor, pooling: str, sort_logits: bool = False) -> torch.Tensor:

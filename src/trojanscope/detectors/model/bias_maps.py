@@ -23,7 +23,7 @@ from ...models._logits import ensure_logits
 from ...types import ScanResult
 from ...utils import generator, model_device
 from ._base import ModelDetector, ProgressFn, frozen
-from ._stats import ANOMALY_THRESHOLD, robust_z
+from ._stats import ANOMALY_THRESHOLD, max_index_pvalue, robust_z
 
 _INPUTS = ("blank", "noise", "data")
 # Algorithm II: (source, prediction) cells reached by fewer than this share of the examples of a
@@ -112,6 +112,10 @@ class BiasMaps(ModelDetector):
         batch_size: images per forward/backward pass (memory bound only).
         seed: choice of noise / data samples.
     """
+
+    # without a reference it compares classes with each other, which clean models also fail:
+    # the automatic selection runs it only when a reference model is given
+    needs = ("reference",)
 
     def __init__(self, *, reference: nn.Module | None = None, inputs: str = "data",
                  algorithm: str = "I", n_samples: int = 1000, iterations: int = 10,
@@ -330,10 +334,18 @@ class BiasMaps(ModelDetector):
         extra.update(most_distant_class=target, distance_over_median=ratio_t, z=z_t,
                      verdict_rule=f"score = min(z / {self.threshold:g}, distance/median / {self.min_ratio:g}) "
                                   f"> 1 (here z = {z_t:.2f}, distance/median = {ratio_t:.2f}, score = {stat:.2f})")
+        # p-value of the z part (the largest robust z of K values under a Gaussian null, simulated),
+        # set to 1 when the distance/median part of the rule fails: still a valid p-value (it
+        # can only grow), and it never contradicts the two-part rule
+        # (z of the most distant class <= the largest z: conservative)
+        p_value = max_index_pvalue(z_t, k, "large") if ratio_t >= float(self.min_ratio) else 1.0
+        extra["p_value_calibration"] = ("empirical null of the largest robust z among K i.i.d. normal "
+                                        "distances (simulated); 1 when distance/median < min_ratio")
         return ScanResult(
             method="bias_maps", backdoored=backdoored, target=target if backdoored else None,
             sources=sources if backdoored else [], statistic=stat, anomaly_index=z_t, threshold=1.0,
             statistic_key="score",
+            p_value=p_value,
             per_class={name: v.tolist() for name, v in per_class.items()},
             trigger=trigger,
             extra={name: (v.tolist() if isinstance(v, torch.Tensor) else v) for name, v in extra.items()},

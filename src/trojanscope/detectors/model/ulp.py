@@ -158,6 +158,21 @@ class ULP(ModelDetector):
     """
 
     needs_gradients = False
+    needs = ("ulp",)
+
+    @classmethod
+    def unavailable(cls, context: dict[str, Any]) -> str | None:
+        """ULP runs only with a ULP file trained for this input shape and class count."""
+        path = context.get("ulp")
+        if path is None:
+            return "needs a trained ULP file (--ulp FILE)"
+        ulp = load_ulp(path)
+        shape, k = context.get("in_shape"), context.get("num_classes")
+        if shape is not None and tuple(shape) != tuple(ulp.in_shape):
+            return f"the ULP file is for input {tuple(ulp.in_shape)}, the model takes {tuple(shape)}"
+        if k is not None and int(k) != int(ulp.num_classes):
+            return f"the ULP file is for {ulp.num_classes}-class models, the model has {k}"
+        return None
 
     def __init__(self, *, ulp_path: str | Path | None = None, threshold: float | None = None
                  ) -> None:
@@ -182,9 +197,19 @@ class ULP(ModelDetector):
             logits = check_logits(model(z), len(z), num_classes)  # the one batched forward pass
             p = float(ulp.probability(logits[None])[0])
         thr = float(ulp.threshold if self.threshold is None else self.threshold)
+        raw = ulp.info.get("clean_scores") if isinstance(ulp.info, dict) else None
+        null = [float(v) for v in raw if isinstance(v, (int, float))] if isinstance(raw, list) else []
+        # empirical p-value on the held-out clean models of the zoo (a conformal p-value:
+        # valid when the scanned clean model is exchangeable with them)
+        p_value = (1 + sum(v >= p for v in null)) / (1 + len(null)) if null else None
         return ScanResult(method="ulp", backdoored=p > thr, statistic=p, threshold=thr,
                           statistic_key="probability_poisoned",
-                          extra={"probability_poisoned": p, "n_patterns": ulp.n_patterns,
+                          p_value=p_value,
+                          extra={"p_value_calibration": (
+                                     f"empirical: rank of P(poisoned) among {len(null)} held-out clean "
+                                     "zoo models" if null else "none: the ULP file records no clean "
+                                     "test-zoo scores (retrain it with a test split)"),
+                                 "probability_poisoned": p, "n_patterns": ulp.n_patterns,
                                  "pooling": ulp.pooling,
                                  "sort_logits": ulp.sort_logits, "noise_input": ulp.noise_input,
                                  "trained_on": ulp.dataset})
