@@ -225,9 +225,10 @@ def _saturated(model: nn.Module, r: torch.Tensor) -> str | None:
     """
     from ...models._logits import LogOutput
 
-    if not isinstance(model, LogOutput):
+    log = next((m for m in model.modules() if isinstance(m, LogOutput)), None)  # also inside a wrapper
+    if log is None:
         return None
-    cap = -math.log(model.eps)
+    cap = -math.log(log.eps)
     n = int((r >= cap - 1e-2 * max(1.0, cap / 100)).sum())
     if n < 2:
         return None
