@@ -69,6 +69,8 @@ def test_scan_matches_batched_scores_and_leaves_model_alone(splits, ulp_file):
         assert r.statistic == pytest.approx(float(batched[i]), abs=1e-5)
         assert r.backdoored == (r.statistic > 0.5)
         assert r.extra["n_patterns"] == 5
+        free = det.scan(te[i], None, in_shape=(1, 8, 8))  # data-free: the patterns are the inputs
+        assert free.statistic == pytest.approx(r.statistic, abs=1e-6)
     assert create("model_detector", "ulp", ulp_path=str(ulp_file), threshold=1.0).scan(
         te[0], clean).backdoored is False
 

@@ -23,7 +23,7 @@ from ..._validate import check_logits
 from ...data import ImageData
 from ...errors import InputError, ModelFileError
 from ...types import ScanResult
-from ...utils import atomic_path
+from ...utils import atomic_path, model_device
 from ._base import ModelDetector, ProgressFn
 from ._ulp_train import POOLINGS, ModelBatch, fit_ulp, pool_logits
 
@@ -159,6 +159,7 @@ class ULP(ModelDetector):
 
     needs_gradients = False
     needs = ("ulp",)
+    needs_data = False  # the litmus patterns are the inputs: no clean image is used
 
     @classmethod
     def unavailable(cls, context: dict[str, Any]) -> str | None:
@@ -181,18 +182,22 @@ class ULP(ModelDetector):
 
     def _scan(self, model: nn.Module, clean: ImageData, num_classes: int,
               progress: ProgressFn | None) -> ScanResult:
+        return self._scan_without_data(model, clean.in_shape, num_classes, progress)
+
+    def _scan_without_data(self, model: nn.Module, in_shape: tuple[int, int, int], num_classes: int,
+                           progress: ProgressFn | None) -> ScanResult:
         if self.ulp_path is None:
             raise InputError("the ulp method needs a trained ULP file: --ulp FILE (ulp_path=...); "
                              "make one with `trojanscope ulp train`")
         ulp = load_ulp(self.ulp_path)
-        if tuple(clean.in_shape) != tuple(ulp.in_shape):
+        if tuple(in_shape) != tuple(ulp.in_shape):
             raise InputError(f"the ULP file {self.ulp_path} was trained for {ulp.dataset or 'models'}"
                              f" with input {tuple(ulp.in_shape)}, but this model takes "
-                             f"{tuple(clean.in_shape)}")
+                             f"{tuple(in_shape)}")
         if num_classes != ulp.num_classes:
             raise InputError(f"the ULP file {self.ulp_path} was trained for {ulp.num_classes}-class "
                              f"models ({ulp.dataset}), but this model has {num_classes} classes")
-        z = ulp.patterns.to(clean.x.device)
+        z = ulp.patterns.to(model_device(model))
         with torch.no_grad():
             logits = check_logits(model(z), len(z), num_classes)  # the one batched forward pass
             p = float(ulp.probability(logits[None])[0])
