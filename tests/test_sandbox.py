@@ -127,7 +127,7 @@ def _echo(x, scale, progress):
 def test_results_come_back_as_data(capsys):
     got = []
     x = torch.arange(6.0).reshape(2, 3)
-    res = run_isolated(_echo, {"x": x, "scale": 2.0}, timeout=60, progress=got.append)
+    res = run_isolated(_echo, {"x": x, "scale": 2.0}, timeout=60, progress=got.append, start="fork")
     assert torch.equal(res["y"], x * 2) and res["n"] == 6 and res["pid"] != os.getpid()
     assert got == [{"step": 1}]
     assert "hello from the child" in capsys.readouterr().out
@@ -137,6 +137,25 @@ def test_spawn_start_gives_the_same_result():
     from trojanscope.sandbox import describe_bytes
 
     assert run_isolated(describe_bytes, {"n": 3 * GiB}, timeout=120, start="spawn") == "3 GiB"
+
+
+def test_auto_start_spawns_once_this_process_has_started_threads(tmp_path, monkeypatch):
+    import threading
+
+    (tmp_path / "where_am_i.py").write_text("import sys\n\ndef forked():\n    return 'pytest' in sys.modules\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", SRC + os.pathsep + str(tmp_path))
+    from where_am_i import forked
+
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait)  # like an OpenMP pool started after the import
+    t.start()
+    try:
+        assert run_isolated(forked, {}, timeout=120) is False  # spawned: a fresh interpreter
+    finally:
+        stop.set()
+        t.join()
+    assert run_isolated(forked, {}, timeout=120, start="fork") is True
 
 
 def _raise(kind):
@@ -150,24 +169,31 @@ def _raise(kind):
         return torch.empty(1 << 34, dtype=torch.uint8).numel()
     if kind == "sleep":
         time.sleep(60)
+    if kind == "exit":
+        import typer
+
+        raise typer.Exit(3)  # a verdict's exit status (3 = inconclusive)
     return None
 
 
 def test_child_errors_become_project_errors():
     with pytest.raises(InputError, match="bad input, said the child"):
-        run_isolated(_raise, {"kind": "input"}, timeout=60)
+        run_isolated(_raise, {"kind": "input"}, timeout=60, start="fork")
     with pytest.raises(SandboxError, match="RuntimeError: shape mismatch in the model"):
-        run_isolated(_raise, {"kind": "runtime"}, timeout=60)
+        run_isolated(_raise, {"kind": "runtime"}, timeout=60, start="fork")
+    with pytest.raises(SystemExit) as ex:
+        run_isolated(_raise, {"kind": "exit"}, timeout=60, start="fork")
+    assert ex.value.code == 3
     with pytest.raises(SandboxError, match=r"crashed \(SIGABRT\)"):
-        run_isolated(_raise, {"kind": "abort"}, timeout=60, max_memory=0)
+        run_isolated(_raise, {"kind": "abort"}, timeout=60, max_memory=0, start="fork")
     vm = int(Path("/proc/self/status").read_text().split("VmSize:")[1].split()[0]) << 10
     limit = vm + GiB  # this process's address space plus 1 GiB; the child asks for 16 GiB
     with pytest.raises(SandboxMemoryError, match="exceeded the memory limit"):
-        run_isolated(_raise, {"kind": "alloc"}, timeout=60, max_memory=limit)
-    assert run_isolated(_raise, {"kind": "alloc"}, timeout=60, max_memory=0) == 1 << 34
+        run_isolated(_raise, {"kind": "alloc"}, timeout=60, max_memory=limit, start="fork")
+    assert run_isolated(_raise, {"kind": "alloc"}, timeout=60, max_memory=0, start="fork") == 1 << 34
     t = time.monotonic()
     with pytest.raises(SandboxTimeout, match="did not finish within 1 s"):
-        run_isolated(_raise, {"kind": "sleep"}, timeout=1)
+        run_isolated(_raise, {"kind": "sleep"}, timeout=1, start="fork")
     assert time.monotonic() - t < 1 + 5
 
 

@@ -69,6 +69,24 @@ SECRET_ENV = re.compile(r"TOKEN|SECRET|PASSW|PASSPHRASE|CREDENTIAL|PRIVATE|API_?
 KEEP_ENV_VAR = "TROJANSCOPE_SANDBOX_KEEP_ENV"
 
 
+def _thread_ids() -> set[str] | None:
+    try:
+        return set(os.listdir("/proc/self/task"))
+    except OSError:
+        return None
+
+
+# threads of this process when the module was imported (the CLI imports it before any work): a
+# thread started since may belong to GNU OpenMP's pool, which would hang a forked child
+_BASELINE_THREADS = _thread_ids()
+
+
+def _fork_is_safe() -> bool:
+    now = _thread_ids()
+    return (sys.platform.startswith("linux") and now is not None and _BASELINE_THREADS is not None
+            and now <= _BASELINE_THREADS)
+
+
 class SandboxError(TrojanscopeError):
     """The isolated worker failed: it crashed, was killed, or its code raised an error."""
 
@@ -275,11 +293,11 @@ def _error_message(e: BaseException) -> dict:
         return {"error": "SandboxMemoryError", "message": ""}
     if isinstance(e, TrojanscopeError):
         return {"error": type(e).__name__, "message": str(e)}
+    if type(e).__name__ == "Exit" and isinstance(getattr(e, "exit_code", None), int):
+        return {"exit": e.exit_code}  # typer.Exit / click.exceptions.Exit: a verdict's status
     try:
         import click
 
-        if isinstance(e, click.exceptions.Exit):
-            return {"exit": e.exit_code}
         if isinstance(e, click.ClickException):
             return {"error": "ClickException", "message": e.format_message()}
     except ImportError:
@@ -445,7 +463,9 @@ def run_isolated(fn: Callable[..., Any], kwargs: dict[str, Any] | None = None, *
         timeout: wall-clock limit in seconds (None or 0: none).
         max_memory: memory limit in bytes (None: :func:`default_max_memory`; 0: none).
         progress: when given, ``fn`` gets a ``progress`` callback whose dicts reach this one.
-        start: ``"fork"``, ``"spawn"`` or ``"auto"`` (fork on Linux; ``$TROJANSCOPE_SANDBOX_START``).
+        start: ``"fork"``, ``"spawn"`` or ``"auto"`` (``$TROJANSCOPE_SANDBOX_START``, else fork on
+            Linux unless this process has started threads since it imported this module, as
+            torch's OpenMP pool does: those do not survive a fork).
         limit_kind: ``"as"`` (RLIMIT_AS, address space) or ``"data"`` (RLIMIT_DATA, for CUDA).
         what: how the error messages name the work (``"the model"``, ``"model.pt"``).
 
@@ -459,7 +479,7 @@ def run_isolated(fn: Callable[..., Any], kwargs: dict[str, Any] | None = None, *
     max_memory = default_max_memory() if max_memory is None else int(max_memory)
     start = os.environ.get("TROJANSCOPE_SANDBOX_START", start) if start == "auto" else start
     if start == "auto":
-        start = "fork" if sys.platform.startswith("linux") else "spawn"
+        start = "fork" if _fork_is_safe() else "spawn"
     env = clean_environment()
     tty = (_isatty(sys.stdout), _isatty(sys.stderr))
     for s in (sys.stdout, sys.stderr):
