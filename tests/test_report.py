@@ -254,3 +254,24 @@ def test_save_triggers_writes_safetensors_and_pngs(tmp_path):
     alpha = torch.from_numpy(np.array(im.getchannel("A"), dtype=np.float32)) / 255
     assert torch.allclose(alpha, nc.trigger["mask"][3, 0], atol=1 / 255)
     assert Image.open(tmp_path / "t" / "lred_class0.png").mode == "RGB"
+
+
+@pytest.mark.parametrize("verdict, colour_class, shown", [
+    ({"verdict": "clean", "reason": "no method finds a class that stands out", "target": None}, "clean", "CLEAN"),
+    ({"verdict": "inconclusive", "reason": "the model classifies 12% of the scan images correctly",
+      "hint": "try --normalize imagenet", "target": None}, "inconclusive", "INCONCLUSIVE"),
+])
+def test_banner_for_clean_and_inconclusive(verdict, colour_class, shown):
+    model, data = _CornerModel().eval(), _corner_data()
+    results = [_nc(False), _lred(False)]
+    ex = trigger_examples(model, data, results)
+    text = render_html("t", results, verdict=verdict, examples=ex)
+    banner = re.search(r'<header class="banner ([a-z]+)" id="verdict" data-verdict="([a-z]+)">(.*?)</header>',
+                       text, re.S)
+    assert banner.group(1) == banner.group(2) == colour_class
+    assert shown in banner.group(3) and verdict["reason"] in banner.group(3)
+    assert "target class" not in banner.group(3) and "reversed trigger sends" not in banner.group(3)
+    if "hint" in verdict:
+        assert "try --normalize imagenet" in banner.group(3)
+    # no confident trigger claim: the candidate is shown as such
+    assert "most suspicious candidate trigger" in text and "not flagged" in text
