@@ -18,7 +18,12 @@ from trojanscope.data import ImageData
 from trojanscope.report import figures, registry
 from trojanscope.report.explain import why
 from trojanscope.report.html import render_html, write_html
-from trojanscope.report.json_report import combined_verdict, scan_report, write_json
+from trojanscope.report.json_report import (
+    combined_verdict,
+    report_from_results,
+    scan_report,
+    write_json,
+)
 from trojanscope.report.prep import trigger_examples
 from trojanscope.report.schema import SCHEMA_VERSION, scan_report_schema, validate
 from trojanscope.report.triggers import save_triggers
@@ -36,7 +41,7 @@ def _nc(backdoored: bool = True, target: int | None = 3) -> ScanResult:
         l1[3], idx[3] = 4.0, 5.1
     return ScanResult(method="neural_cleanse", backdoored=backdoored, target=target if backdoored else None,
                       statistic=5.1 if backdoored else 1.2, anomaly_index=5.1, threshold=2.0,
-                      statistic_key="anomaly_index",
+                      p_value=0.001 if backdoored else 0.6, statistic_key="anomaly_index",
                       per_class={"mask_l1": l1, "anomaly_index": idx},
                       trigger={"mask": torch.rand(10, 1, 8, 8, generator=g),
                                "pattern": torch.rand(10, 3, 8, 8, generator=g)},
@@ -73,32 +78,48 @@ def test_combined_verdict_rules():
         combined_verdict([a], rule="vote")
 
 
+def _report(results, **kw):
+    return report_from_results(results, model={"path": "m.safetensors"},
+                               data={"name": "digits", "n_images": 20}, **kw)
+
+
 def test_json_report_validates_against_the_shipped_schema(tmp_path):
-    rep = scan_report("m.safetensors", [_nc(True), _lred(False)], data={"dataset": "digits", "n_clean": 20})
+    rep = scan_report(_report([_nc(True), _lred(False)]))
     d = json.loads(write_json(tmp_path / "r.json", rep).read_text())
     validate(d)
-    assert d["kind"] == "scan" and d["schema_version"] == SCHEMA_VERSION and d["model"] == {"path": "m.safetensors"}
-    assert d["verdict"]["verdict"] == "backdoored" and d["verdict"]["target"] == 3 and d["verdict"]["reason"]
-    r0, r1 = d["results"]
-    assert r0["trigger"] == {"mask": [10, 1, 8, 8], "pattern": [10, 3, 8, 8]} and r0["p_value"] is None
+    assert d["kind"] == "scan" and d["schema"] == SCHEMA_VERSION and d["model"]["path"] == "m.safetensors"
+    v = d["verdict"]
+    assert v["verdict"] == "backdoored" and v["target"] == 3 and v["reason"] and v["exit_code"] == 1
+    r0, r1 = (m["result"] for m in d["methods"])
+    assert r0["trigger"] == {"mask": [10, 1, 8, 8], "pattern": [10, 3, 8, 8]} and r0["p_value"] == 0.001
     assert r1["statistic_key"] == "r" and r1["threshold_on"] == "p_value" and r1["p_value"] == 0.4
-    # non-finite numbers become null and still validate; no results -> inconclusive
+    assert d["trigger_effect"] is None
+    # non-finite numbers become null and still validate; a clean scan validates
     bad = _nc(False)
     bad.statistic = float("nan")
-    validate(json.loads(json.dumps(scan_report("m", [bad]))))
-    assert scan_report("m", [])["verdict"]["verdict"] == "inconclusive"
+    d2 = json.loads(json.dumps(scan_report(_report([bad, _lred(False)]))))
+    validate(d2)
+    assert d2["verdict"]["verdict"] == "clean" and d2["verdict"]["exit_code"] == 0
+
+
+def test_schema_version_is_the_workflow_layout_version():
+    from trojanscope.workflows import REPORT_SCHEMA
+
+    assert scan_report_schema()["properties"]["schema"] == {"const": REPORT_SCHEMA} and SCHEMA_VERSION == REPORT_SCHEMA
 
 
 @pytest.mark.parametrize("breakage, where", [
     (lambda d: d["verdict"].update(verdict="maybe"), "at verdict/verdict"),
-    (lambda d: d.pop("results"), "'results' is a required property"),
-    (lambda d: d["results"][0].update(p_value=1.5), "at results/0/p_value"),
-    (lambda d: d["results"][0].update(threshold_on="r"), "at results/0/threshold_on"),
-    (lambda d: d.update(schema_version="3.0"), "at schema_version"),
-    (lambda d: d["results"][1]["trigger"].update(pattern="big"), "at results/1/trigger/pattern"),
+    (lambda d: d["verdict"].update(exit_code=0), "at verdict/exit_code"),
+    (lambda d: d.pop("methods"), "'methods' is a required property"),
+    (lambda d: d["methods"][0]["result"].update(p_value=1.5), "at methods/0/result/p_value"),
+    (lambda d: d["methods"][0]["result"].update(threshold_on="r"), "at methods/0/result/threshold_on"),
+    (lambda d: d["methods"][0].update(status="ok", result=None), "at methods/0/result"),
+    (lambda d: d.update(schema=3), "at schema"),
+    (lambda d: d["methods"][1]["result"]["trigger"].update(pattern="big"), "at methods/1/result/trigger/pattern"),
 ])
 def test_schema_rejects_broken_reports(breakage, where):
-    d = json.loads(json.dumps(scan_report("m", [_nc(True), _lred(False)])))
+    d = json.loads(json.dumps(scan_report(_report([_nc(True), _lred(False)]))))
     validate(d)
     breakage(d)
     with pytest.raises(ValueError, match=re.escape(where)):

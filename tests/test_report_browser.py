@@ -18,9 +18,11 @@ import pytest
 import torch
 from test_report import _corner_data, _CornerModel, _lred, _nc
 
-from trojanscope.report.html import write_html
+from trojanscope.report.html import write_scan_html
+from trojanscope.report.json_report import report_from_results
 from trojanscope.report.prep import trigger_examples
 from trojanscope.types import ScanResult
+from trojanscope.workflows import MethodRun
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -35,7 +37,9 @@ addEventListener('load', () => {
   for (const el of document.body.querySelectorAll('*')) {
     const r = el.getBoundingClientRect();
     if (r.width === 0 && r.height === 0) continue;
-    if (r.right > vw + 0.5 || r.left < -0.5)
+    const spill = el.scrollWidth > el.clientWidth + 1 && el.clientWidth > 0 &&
+                  getComputedStyle(el).overflowX === 'visible';  // text wider than its box
+    if (r.right > vw + 0.5 || r.left < -0.5 || spill)
       bad.push(el.tagName.toLowerCase() + (el.className ? '.' + el.className : '') + ' ' +
                Math.round(r.left) + '..' + Math.round(r.right));
   }
@@ -93,23 +97,22 @@ def test_report_renders_in_chromium_without_overflow_at_700px(tmp_path):
     nc.target, nc.trigger = 0, {"mask": mask, "pattern": torch.ones(10, 1, 8, 8)}
     nc.per_class["anomaly_index"] = [5.1] + [0.1] * 9
     results = [nc, _lred(False), _bias_maps_result()]
-    ex = trigger_examples(model, data, results, target=0)
-    page = write_html(
-        tmp_path / "report.html", "trojanscope scan: a_model_with_a_rather_long_file_name_to_wrap.safetensors",
-        results, verdict={"verdict": "backdoored", "target": 0, "sources": [],
-                          "reason": "2 of 3 methods flag class 0 (neural_cleanse, bias_maps)"},
-        examples=ex,
-        envelope={"model": {"path": "/a/very/long/path/" + "nested/" * 20 + "model.safetensors"},
-                  "data": {"dataset": "digits", "split": "train", "n_clean": 60},
-                  "parameters": {"methods": ["neural_cleanse", "lred", "bias_maps"], "seed": 0}},
-        extra_sections={"demo": {"rows": [{"method": f"m{i}", "auc": 0.9, "fpr": 0.05, "tpr": 0.8,
-                                           "threshold": 1.234567, "seconds": 12.5, "note": "x" * 80}
-                                          for i in range(5)],
-                                 "matrix": [[0.123456] * 10] * 10}})
+    report = report_from_results(
+        results, model={"path": "/a/very/long/path/" + "nested/" * 20 + "a_model_with_a_long_name.safetensors",
+                        "name": "a_model_with_a_rather_long_file_name_to_wrap.safetensors"},
+        data={"name": "digits", "split": "train", "n_images": 60},
+        parameters={"methods": ["neural_cleanse", "lred", "bias_maps"], "seed": 0,
+                    "method_params": {r.method: {"epochs": 5, "note": "y" * 90} for r in results}})
+    report.methods.append(MethodRun("ulp", "skipped", why="needs a trained ULP file (--ulp FILE)"))
+    report.methods.append(MethodRun("mm_bd", "failed", error="boom", why="mm_bd could not run: " + "z" * 120))
+    page = write_scan_html(tmp_path / "report.html", report, trigger_examples(model, data, results, target=0))
+    text = page.read_text()
+    assert "needs a trained ULP file" in text and "mm_bd could not run" in text
     for width in (700, 1280):
         got = layout(page, tmp_path, width)
         assert got["viewport"] == width
-        assert got["verdict"] and got["verdict"].startswith("BACKDOORED") and "target class 0" in got["verdict"]
+        assert got["verdict"] and got["verdict"].startswith(report.verdict.verdict.upper())
+        assert "target class 0" in got["verdict"]
         assert got["verdict_top"] < 200  # the verdict is the first thing on the page
         assert got["images"] >= 10 and got["broken_images"] == 0
         assert got["n_overflow"] == 0 and got["scroll_width"] <= width, got["overflow"]

@@ -33,19 +33,23 @@ def test_scan_flags_backdoored_file_and_writes_reports(model_file, tmp_path, bac
     assert "BACKDOORED" in res.output and "neural_cleanse" in res.output
     d = json.loads(js.read_text())
     validate(d)  # the shipped JSON Schema
-    assert d["kind"] == "scan" and d["model"]["path"] == str(model_file) and d["data"]["n_clean"] == 200
-    (r,) = d["results"]
-    assert r["method"] == "neural_cleanse" and r["backdoored"] is True and r["target"] == backdoor["target"]
-    assert r["statistic"] > 2 and r["p_value"] is None and r["seconds"] > 0 and r["sources"] == []
+    assert d["kind"] == "scan" and d["model"]["path"] == str(model_file) and d["data"]["n_images"] == 200
+    (m,) = d["methods"]
+    r = m["result"]
+    assert m["status"] == "ok" and r["method"] == "neural_cleanse" and r["backdoored"] is True and r["target"] == backdoor["target"]
+    assert r["statistic"] > 2 and 0 < r["p_value"] <= 1 and r["seconds"] > 0 and r["sources"] == []
     assert r["params"]["epochs"] == 60 and r["params"]["init_cost"] == 0.01 and r["params"]["seed"] == 0
-    assert d["verdict"]["verdict"] == "backdoored" and d["verdict"]["target"] == backdoor["target"]
+    # the combined verdict is the calibrated one (trojanscope.combine); the report carries it
+    v = d["verdict"]
+    assert v["exit_code"] == {"clean": 0, "backdoored": 1, "inconclusive": 3}[v["verdict"]] and v["reason"]
+    assert v["target"] in (None, backdoor["target"])
     # the reversed trigger, stamped on clean images of other classes, sends them to the target
     te = d["trigger_effect"]
     assert te["method"] == "neural_cleanse" and te["target"] == backdoor["target"] and te["flagged"]
     assert te["flip_rate"] > 0.8 > te["clean_rate"] and backdoor["target"] not in te["labels"]
     text = page.read_text()
     assert text.count("data:image/png;base64,") >= 2 and "BACKDOORED" in text
-    assert 'data-verdict="backdoored"' in text
+    assert f'data-verdict="{v["verdict"]}"' in text
     # --save-triggers: the tensors as safetensors, one PNG per class
     from safetensors.torch import load_file
 
@@ -63,7 +67,7 @@ def test_experimental_method_warns_and_is_marked(model_file, tmp_path):
     assert "lred_perceptible is experimental" in res.output
     d = json.loads(js.read_text())
     validate(d)
-    (r,) = d["results"]
+    r = d["methods"][0]["result"]
     assert "appendix A.3" in r["extra"]["experimental"]
 
 

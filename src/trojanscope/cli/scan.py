@@ -146,13 +146,16 @@ def scan(
               f"({comb['votes']} of {comb['methods']} methods)"
               + (f", target class {comb['target']}" if comb["target"] is not None else ""))
     if json_out is not None or html_out is not None or triggers_out is not None:
+        from ..report.json_report import report_from_results
         from ..report.outputs import write_scan_outputs
+        from ..workflows import describe_data, describe_model
 
-        rep = write_scan_outputs(
-            results, model=model, clean=few, model_info={"path": str(model_path)},
-            data={"dataset": data, "split": split, "n_clean": len(few)},
-            parameters={"device": str(dev), "seed": seed, "methods": methods}, seed=seed,
-            json_path=json_out, html_path=html_out, triggers_dir=triggers_out)
+        report = report_from_results(
+            results, model=describe_model(model, model_path),
+            data=describe_data(few, name=data, split=split),
+            parameters={"device": str(dev), "seed": seed, "methods": methods})
+        rep = write_scan_outputs(report, model=model, clean=few, seed=seed, json_path=json_out,
+                                 html_path=html_out, triggers_dir=triggers_out)
         for path in (json_out, html_out):
             if path is not None:
                 out.print(f"wrote {path}")

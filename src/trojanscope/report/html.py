@@ -22,6 +22,7 @@ from typing import Any
 
 from ..types import ScanResult
 from ..utils import atomic_write_bytes, to_jsonable, versions
+from ..workflows import ScanReport
 from .explain import fallback_verdict, fmt, why
 from .figures import Figure, candidate, image_png, per_class_key
 from .prep import TriggerExamples
@@ -29,7 +30,7 @@ from .registry import all_figures
 
 _CSS = """
 *{box-sizing:border-box}
-body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;max-width:980px;
+body{overflow-wrap:break-word;font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;max-width:980px;
 padding:10px 16px 40px;color:#1d1d1f}
 h1{font-size:1.15em;margin:.4em 0;color:#444;font-weight:600;overflow-wrap:anywhere}
 h2{font-size:1.2em;border-bottom:1px solid #ddd;padding-bottom:.15em;margin:1.4em 0 .5em}
@@ -39,7 +40,7 @@ h3{font-size:1.05em;margin:1.2em 0 .3em}
 .banner .t{font-size:1.15em;font-weight:600}
 .banner p{margin:.35em 0 0}
 .backdoored{background:#c62828}.clean{background:#2e7d32}.inconclusive{background:#e69500;color:#1d1d1f}
-.error{background:#555}
+.error{background:#555}.muted.pill{background:#999;color:#fff}
 .meta{color:#555;font-size:.85em;overflow-wrap:break-word}
 ul.why{list-style:none;padding:0;margin:.4em 0}ul.why li{margin:.35em 0}
 .pill{display:inline-block;border-radius:4px;padding:0 .45em;font-size:.78em;font-weight:700;color:#fff;
@@ -159,6 +160,10 @@ def _banner(verdict: Mapping[str, Any], examples: TriggerExamples | None) -> str
         parts.append(f"<p>{_e(reason)}</p>")
     if verdict.get("hint"):
         parts.append(f"<p><b>hint:</b> {_e(verdict['hint'])}</p>")
+    dis = [d for d in verdict.get("disagreeing") or [] if isinstance(d, Mapping) and d.get("method")]
+    if dis:
+        parts.append("<p>disagreeing: " + "; ".join(
+            f"<b>{_e(d['method'])}</b>" + (f" ({_e(d['why'])})" if d.get("why") else "") for d in dis) + "</p>")
     if examples is not None and examples.flagged and v == "backdoored" and examples.target == t:
         parts.append(f"<p>The reversed trigger sends {examples.flip_rate:.0%} of {examples.n_evaluated} "
                      f"clean images of other classes to class {examples.target} "
@@ -166,11 +171,16 @@ def _banner(verdict: Mapping[str, Any], examples: TriggerExamples | None) -> str
     return f'<header class="banner {_e(v)}" id="verdict" data-verdict="{_e(v)}">' + "".join(parts) + "</header>"
 
 
-def _why_list(results: Sequence[ScanResult]) -> str:
+def _why_list(results: Sequence[ScanResult], others: Sequence[Mapping[str, Any]] = ()) -> str:
     items = []
     for r in results:
         v = _method_verdict(r)
         items.append(f"<li>{_pill(v, 'flags' if r.backdoored else 'clean')} <b>{_e(r.method)}</b>: {_e(why(r))}</li>")
+    for m in others:  # methods that failed or were not run, with why
+        status = str(m.get("status", "skipped"))
+        text = m.get("why") or m.get("error") or ""
+        items.append(f"<li>{_pill('error' if status == 'failed' else 'muted', status)} <b>{_e(m.get('method'))}</b>: "
+                     f"{_e(text)}</li>")
     return "<h2>Why</h2><ul class='why'>" + "".join(items) + "</ul>"
 
 
@@ -293,7 +303,8 @@ def _extra_section(name: str, value: Any) -> str:
 
 def render_html(title: str, results: Sequence[ScanResult], extra_sections: Mapping[str, Any] | None = None, *,
                 verdict: Mapping[str, Any] | None = None, examples: TriggerExamples | None = None,
-                envelope: Mapping[str, Any] | None = None) -> str:
+                envelope: Mapping[str, Any] | None = None,
+                other_methods: Sequence[Mapping[str, Any]] = ()) -> str:
     """The report as an HTML string (see :func:`write_html`)."""
     v = dict(verdict) if verdict is not None else fallback_verdict(results)
     now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -303,16 +314,22 @@ def render_html(title: str, results: Sequence[ScanResult], extra_sections: Mappi
     if isinstance(model, Mapping) and model.get("path"):
         meta.insert(0, f"model {model['path']}")
     data = env.get("data")
-    if isinstance(data, Mapping) and data.get("dataset"):
-        meta.insert(1, f"{data.get('n_clean', '?')} clean {data['dataset']} images"
-                    + (f" ({data['split']} split)" if data.get("split") else ""))
+    if isinstance(data, Mapping):
+        dname = data.get("dataset") or data.get("name")
+        n = data.get("n_clean", data.get("n_images"))
+        if dname or n:
+            meta.insert(1, f"{n if n is not None else '?'} clean {dname or ''} images".replace("  ", " ")
+                        + (f" ({data['split']} split)" if data.get("split") else ""))
+    sanity = env.get("sanity")
+    if isinstance(sanity, Mapping) and sanity.get("accuracy") is not None:
+        meta.append(f"model accuracy on them {float(sanity['accuracy']):.0%}")
     parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
              "<meta name='viewport' content='width=device-width, initial-scale=1'>"
              f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
              f"<h1>{_e(title)}</h1>", _banner(v, examples),
              f"<p class='meta'>{_e(' · '.join(meta))}</p>"]
-    if results:
-        parts.append(_why_list(results))
+    if results or other_methods:
+        parts.append(_why_list(results, other_methods))
     else:
         parts.append("<p>no model scans in this report</p>")
     if examples is not None:
@@ -347,4 +364,23 @@ def write_html(path: str | Path, title: str, results: Sequence[ScanResult],
     """
     atomic_write_bytes(path, render_html(title, results, extra_sections, verdict=verdict, examples=examples,
                                          envelope=envelope).encode("utf-8"))
+    return Path(path)
+
+
+def render_scan_html(report: ScanReport, examples: TriggerExamples | None = None, *,
+                     title: str | None = None) -> str:
+    """The HTML of a :class:`~trojanscope.workflows.ScanReport` (see :func:`write_scan_html`)."""
+    d = report.to_dict()
+    name = d["model"].get("name") or Path(str(d["model"].get("path") or "model")).name
+    others = [m for m in d["methods"] if m["status"] != "ok"]
+    env = {k: d[k] for k in ("model", "data", "sanity", "parameters", "timings", "versions") if d.get(k)}
+    return render_html(title or f"trojanscope scan: {name}", report.results, verdict=d["verdict"],
+                       examples=examples, envelope=env, other_methods=others)
+
+
+def write_scan_html(path: str | Path, report: ScanReport, examples: TriggerExamples | None = None, *,
+                    title: str | None = None) -> Path:
+    """Write the HTML report of a scan (atomically): the verdict banner, why per method (also
+    those that failed or were skipped), the trigger examples, the methods' sections, the envelope."""
+    atomic_write_bytes(path, render_scan_html(report, examples, title=title).encode("utf-8"))
     return Path(path)

@@ -1,15 +1,18 @@
 """JSON reports. Every report records parameters and library versions.
 
-Scan reports (``trojanscope scan --json FILE``) follow the JSON Schema shipped in the package
-(:mod:`.schema`, ``schemas/scan-report.schema.json``, version :data:`SCHEMA_VERSION`)::
+A scan's ``report.json`` is :meth:`trojanscope.workflows.ScanReport.to_dict` plus
+``trigger_effect`` (the reversed trigger stamped on clean images, :mod:`.prep`), and follows the
+JSON Schema shipped in the package (:mod:`.schema`)::
 
-    {"kind": "scan", "schema_version": "2.0", "created": ISO-8601 time,
-     "model": {"path": PATH, ...}, "data": {"dataset", "split", "n_clean", ...},
-     "verdict": {"verdict": "clean"|"backdoored"|"inconclusive", "reason": TEXT,
-                 "target": INT|null, "sources": [INT], ...},
-     "results": [ScanResult.to_dict(), ...],      # one per method
-     "trigger_effect": {...}|null,                # the reversed trigger stamped on clean images
-     "parameters": {...}, "versions": {...}, ...extra keys}
+    {"schema": 2, "kind": "scan", "created": ISO-8601 time,
+     "model": {"path", "name", "arch", "num_classes", "in_shape", ...},
+     "data": {"name", "n_images", ...}, "parameters": {...}, "versions": {...}, "timings": {...},
+     "verdict": {"verdict": "clean"|"backdoored"|"inconclusive", "reason", "hint", "target",
+                 "sources", "p_value", "rule", "alpha", "supporting", "disagreeing", "exit_code"},
+     "sanity": {...}|null,
+     "methods": [{"method", "status": "ok"|"failed"|"skipped", "p_value", "calibration",
+                  "candidate_target", "why", "error", "result": ScanResult.to_dict()|null}],
+     "trigger_effect": {...}|null}
 
 Non-finite floats are written as null; trigger tensors as their shapes (``--save-triggers``
 writes the tensors). The demo, ``inputs`` and ``mitigate`` reports keep their own layouts
@@ -18,22 +21,23 @@ writes the tensors). The demo, ``inputs`` and ``mitigate`` reports keep their ow
 
 from __future__ import annotations
 
-import datetime as _dt
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..combine import Evidence, combine_evidence
 from ..types import ScanResult
 from ..utils import atomic_write_json, to_jsonable, versions
-from .explain import fallback_verdict
-from .schema import SCHEMA_VERSION
+from ..workflows import MethodRun, ScanReport, candidate_target
+from .explain import why
 
 SCHEMA = 1  # layout version of the demo / inputs / mitigate reports
 
 
 def combined_verdict(results: list[ScanResult], rule: str = "any") -> dict[str, Any]:
-    """Combine the verdicts of several methods by vote (legacy; the workflow's calibrated
-    verdict supersedes it).
+    """Combine the verdicts of several methods by vote (legacy; the calibrated verdict of
+    :func:`trojanscope.combine.combine_evidence` supersedes it).
 
     Args:
         results: one ScanResult per method.
@@ -57,37 +61,31 @@ def combined_verdict(results: list[ScanResult], rule: str = "any") -> dict[str, 
             "target_votes": {str(t): n for t, n in sorted(tv.items())}, "rule": rule}
 
 
-def scan_report(model: str | Path | Mapping[str, Any], results: Sequence[ScanResult], *,
-                verdict: Mapping[str, Any] | None = None, data: Mapping[str, Any] | None = None,
-                trigger_effect: Any = None, parameters: Mapping[str, Any] | None = None,
-                **extra: Any) -> dict[str, Any]:
-    """The scan report as a JSON-ready dict (layout in the module docstring).
+def report_from_results(results: Sequence[ScanResult], *, model: Mapping[str, Any],
+                        data: Mapping[str, Any] | None = None, parameters: Mapping[str, Any] | None = None,
+                        alpha: float = 0.05, rule: str = "cauchy") -> ScanReport:
+    """A :class:`~trojanscope.workflows.ScanReport` for results computed elsewhere (detectors
+    run one by one, saved results): the combined verdict of
+    :func:`~trojanscope.combine.combine_evidence`, no sanity gate. ``scan_model`` builds its
+    report itself; this is for callers that ran the detectors without it."""
+    runs = [MethodRun(r.method, "ok", result=r, p_value=r.p_value,
+                      calibration=None if r.p_value is None else "the method's own test",
+                      candidate_target=candidate_target(r), why=why(r)) for r in results]
+    evidence = [Evidence(m.method, m.p_value, m.candidate_target, list(r.sources), bool(r.backdoored))
+                for m, r in zip(runs, results, strict=True)]
+    verdict = combine_evidence(evidence, alpha=alpha, rule=rule)
+    return ScanReport(verdict, None, runs, model={"path": None, **dict(model)}, data=dict(data or {}),
+                      parameters={"alpha": alpha, "rule": rule, **dict(parameters or {})},
+                      timings={"methods": {r.method: r.seconds for r in results},
+                               "total": float(sum(r.seconds for r in results))},
+                      versions=versions(), created=time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()))
 
-    Args:
-        model: the model's path, or a mapping with at least ``"path"``.
-        results: one ScanResult per method.
-        verdict: the combined verdict (``verdict``, ``reason``, ``target``, ...); default:
-            :func:`~.explain.fallback_verdict` of ``results``.
-        data: what the model was scanned with (dataset, split, n_clean, ...).
-        trigger_effect: a :class:`~.prep.TriggerExamples` (or its ``to_dict()``), or None.
-        parameters: the run's parameters (seed, device, ...).
-        extra: more top-level keys.
-    """
-    m = dict(model) if isinstance(model, Mapping) else {"path": str(model)}
+
+def scan_report(report: ScanReport, trigger_effect: Any = None) -> dict[str, Any]:
+    """The JSON report of a scan: ``report.to_dict()`` plus ``trigger_effect`` (a
+    :class:`~.prep.TriggerExamples`, its ``to_dict()``, or None)."""
     te = trigger_effect.to_dict() if hasattr(trigger_effect, "to_dict") else trigger_effect
-    return to_jsonable({
-        "kind": "scan",
-        "schema_version": SCHEMA_VERSION,
-        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "model": m,
-        "data": dict(data or {}),
-        "verdict": dict(verdict) if verdict is not None else fallback_verdict(results),
-        "results": [r.to_dict() for r in results],
-        "trigger_effect": te,
-        "parameters": dict(parameters or {}),
-        "versions": versions(),
-        **extra,
-    })
+    return to_jsonable({**report.to_dict(), "trigger_effect": te})
 
 
 def write_json(path: str | Path, report: dict[str, Any]) -> Path:

@@ -1,7 +1,9 @@
 """The JSON Schema of ``report.json`` (scan reports), shipped in the package.
 
-``schema_version`` is "MAJOR.MINOR": a minor version only adds keys (readers must ignore keys
-they do not know), a major version changes or removes one. The schema file is
+The report's ``schema`` key is the layout version (:data:`SCHEMA_VERSION`, the same as
+``trojanscope.workflows.REPORT_SCHEMA``): it changes only when a key changes meaning or is
+removed; keys may be added within a version (readers must ignore keys they do not know). The
+schema file is
 ``trojanscope/report/schemas/scan-report.schema.json`` (JSON Schema 2020-12); any validator can
 use it. :func:`validate` uses the ``jsonschema`` package (a development dependency: the library
 writes reports without it; the tests validate every report they write).
@@ -14,7 +16,9 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-SCHEMA_VERSION = "2.0"
+from ..workflows import REPORT_SCHEMA
+
+SCHEMA_VERSION: int = REPORT_SCHEMA
 SCHEMA_FILE = "scan-report.schema.json"
 
 
@@ -38,9 +42,10 @@ def validate(report: dict[str, Any]) -> None:
     except ImportError as e:  # pragma: no cover - dev dependency
         raise ImportError("validating reports needs the jsonschema package: pip install jsonschema") from e
     validator = jsonschema.Draft202012Validator(scan_report_schema())
-    errors = sorted(validator.iter_errors(report), key=lambda e: list(e.absolute_path))
+    errors = list(validator.iter_errors(report))
     if errors:
-        e = errors[0]
+        e = jsonschema.exceptions.best_match(errors)
         where = "/".join(map(str, e.absolute_path)) or "(top level)"
-        raise ValueError(f"report does not match {SCHEMA_FILE} at {where}: {e.message}"
+        msg = e.message if len(e.message) <= 300 else e.message[:300] + " ..."
+        raise ValueError(f"report does not match {SCHEMA_FILE} at {where}: {msg}"
                          + (f" (and {len(errors) - 1} more errors)" if len(errors) > 1 else ""))
