@@ -4,7 +4,7 @@ The CLI, the benchmarks and the common tests enumerate these registries, so a me
 covered by the common tests the day it is registered (the pattern of timm's ``_registry.py``).
 
 Kinds used in the package: ``arch`` (architectures), ``dataset``, ``trigger``,
-``model_detector``, ``input_detector``, ``mitigation``, ``evasion``.
+``model_detector``, ``input_detector``, ``mitigation``, ``evasion``, ``format`` (model files).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ _PROVIDERS: dict[str, tuple[str, ...]] = {
     "model_detector": ("trojanscope.detectors.model",),
     "input_detector": ("trojanscope.detectors.input",),
     "mitigation": ("trojanscope.mitigations",),
+    "format": ("trojanscope.models.formats",),
 }
 
 

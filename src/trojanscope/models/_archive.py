@@ -120,6 +120,15 @@ def check_zip_members(path: Path) -> list[zipfile.ZipInfo]:
     return infos
 
 
+def is_zip(path: Path) -> bool:
+    """``zipfile.is_zipfile`` that never raises (it lets ``BadZipFile`` of some damaged end
+    records escape): a file Python cannot even probe is not a readable archive."""
+    try:
+        return zipfile.is_zipfile(path)
+    except Exception:
+        return False
+
+
 def _safe_name(name: str) -> bool:
     if not name or "\x00" in name or "\\" in name or name.startswith("/") or re.match(r"^[A-Za-z]:", name):
         return False
@@ -136,7 +145,7 @@ def check_archive(path: Path, kind: str) -> None:
     Raises:
         ModelFileError: one line naming the member and the reason.
     """
-    if not zipfile.is_zipfile(path):
+    if not is_zip(path):
         if kind == "state_dict":  # a legacy (pre-1.6) torch.save stream: the whole file is pickles
             _check_torch_pickle(path, path.name, path.read_bytes())
             return

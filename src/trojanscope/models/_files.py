@@ -21,6 +21,7 @@ from torch import nn
 
 from .._registry import get
 from ..errors import InputError, ModelFileError, TrojanscopeError
+from ._archive import is_zip
 from ._sidecar import read_sidecar_file, validate_sidecar
 
 SUFFIXES = (".safetensors", ".pt2", ".pt", ".pth", ".onnx")
@@ -34,23 +35,6 @@ def sidecar_path(path: str | Path) -> Path:
     """
     path = Path(path)
     return path.with_suffix(".json") if path.suffix.lower() == ".safetensors" else path.with_name(path.name + ".json")
-
-
-def _format_of(path: Path, for_saving: bool = False) -> str:
-    suffix = path.suffix.lower()
-    fmt = {".safetensors": "safetensors", ".pt2": "export", ".pt": "pt", ".pth": "state_dict",
-           ".onnx": "onnx"}.get(suffix)
-    if for_saving and fmt == "pt":
-        return "torchscript"
-    if fmt == "state_dict" and not for_saving:
-        return "pt"  # a .pth may be TorchScript too: look inside
-    if fmt is None:
-        hint = " (a Keras file: convert it to ONNX first)" if suffix in (".h5", ".keras") else ""
-        raise (InputError if for_saving else ModelFileError)(
-            f"unknown model file type {suffix or '(no suffix)'!r} of {path.name}{hint}; "
-            f"use one of {', '.join(SUFFIXES)}"
-        )
-    return fmt
 
 
 def _read_sidecar(path: Path, required: bool) -> dict[str, Any]:
@@ -74,8 +58,11 @@ def _read_sidecar(path: Path, required: bool) -> dict[str, Any]:
 def _belongs_elsewhere(side: dict[str, Any], path: Path) -> bool:
     """A sidecar naming another file describes that file when it exists or has another format;
     otherwise the pair was renamed, which is fine."""
-    if (path.parent / str(side["file"])).exists():
-        return True
+    try:
+        if (path.parent / str(side["file"])).exists():
+            return True
+    except (OSError, ValueError):  # a name too long or with a NUL: not a sibling
+        return False
     own = {".safetensors": ("safetensors",), ".pt2": ("export",), ".onnx": ("onnx",),
            ".pt": ("torchscript", "state_dict", "export"), ".pth": ("torchscript", "state_dict", "export")}
     fmt = side.get("file_format")
@@ -84,7 +71,7 @@ def _belongs_elsewhere(side: dict[str, Any], path: Path) -> bool:
 
 def _classify_torch_file(path: Path) -> str:
     """TorchScript, torch.export or torch.save archive, decided from the zip member names."""
-    if not zipfile.is_zipfile(path):
+    if not is_zip(path):
         with open(path, "rb") as f:
             head = f.read(2)
         if head[:1] == b"\x80":  # a legacy (pre-1.6) torch.save pickle stream
@@ -93,7 +80,7 @@ def _classify_torch_file(path: Path) -> str:
     try:
         with zipfile.ZipFile(path) as z:
             names = z.namelist()
-    except (zipfile.BadZipFile, OSError) as e:
+    except Exception as e:  # BadZipFile, OSError, UnicodeDecodeError of a damaged name, ...
         raise ModelFileError(f"{path.name} is a corrupt zip archive: {_first_line(e)}") from e
     if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
         return "torchscript"
@@ -103,7 +90,7 @@ def _classify_torch_file(path: Path) -> str:
 
 
 def _guard(path: Path, what: str, fn):
-    if what != "a safetensors file" and not zipfile.is_zipfile(path):
+    if what != "a safetensors file" and not is_zip(path):
         raise ModelFileError(f"{path.name} could not be read as {what}: not a zip archive (corrupt or "
                              "truncated?)")
     quiet = logging.getLogger("torch.export")  # it logs a traceback before raising

@@ -15,10 +15,6 @@ unpickles code: state dicts are read with ``weights_only=True`` always.
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import io
-import warnings
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,31 +23,43 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import InputError, ModelFileError, TrojanscopeError
+from ..errors import InputError, ModelFileError
 from ..utils import atomic_path, atomic_write_json, protect_input, resolve_device, versions
-from ._archive import check_archive, check_graph_targets, no_code_unpickling
 from ._files import (
     _CARRIED,
     SUFFIXES,
-    _build,
     _classify_torch_file,
-    _export_in_shape,
-    _first_line,
-    _format_of,
-    _guard,
-    _is_registered,
-    _load_state,
-    _OnnxModule,
-    _read_safetensors,
     _read_sidecar,
-    _read_state_dict,
     sidecar_path,
 )
-from ._reproducible import fix_serialization_id, sort_safetensors_header
 from ._sidecar import SIDECAR_FORMAT, SIDECAR_VERSION
-from .wrap import Normalize, WrappedModel, unwrap, wrap_model
+from .formats import LoadSpec, SaveSpec, format_named
+from .wrap import WrappedModel, unwrap, wrap_model
 
 __all__ = ["SIDECAR_FORMAT", "SIDECAR_VERSION", "SUFFIXES", "load_model", "save_model", "sidecar_path"]
+
+# --------------------------------------------------------------------------------------------
+# formats by suffix (the registry kind ``format``: models/formats/, one file per format)
+
+
+def _format_of(path: Path, for_saving: bool = False) -> str:
+    """The registered format of ``path`` by its suffix; ``"pt"`` when several formats share the
+    suffix (``.pt``/``.pth``: TorchScript, state dict or torch.export) and the file must be read
+    to tell them apart. Saving picks the format whose first suffix it is."""
+    from .._registry import available, get
+
+    suffix = path.suffix.lower()
+    names = [n for n in available("format") if suffix in get("format", n).suffixes]
+    if not names:
+        hint = " (a Keras file: convert it to ONNX first)" if suffix in (".h5", ".keras") else ""
+        raise (InputError if for_saving else ModelFileError)(
+            f"unknown model file type {suffix or '(no suffix)'!r} of {path.name}{hint}; "
+            f"use one of {', '.join(SUFFIXES)}"
+        )
+    if for_saving:
+        return next((n for n in names if get("format", n).suffixes[0] == suffix), names[0])
+    return names[0] if len(names) == 1 else "pt"
+
 
 # --------------------------------------------------------------------------------------------
 # saving
@@ -96,36 +104,12 @@ def save_model(model: nn.Module, path: str | Path, *, mean: Sequence[float] | No
     in_shape = tuple(in_shape or getattr(model, "in_shape", None) or getattr(net, "in_shape", None) or ()) or None
     arch = getattr(net, "arch", None) or getattr(model, "arch", None)
     num_classes = getattr(model, "num_classes", None) or getattr(net, "num_classes", None)
-    inside = fmt in ("export", "torchscript", "onnx")
-    if fmt == "safetensors":
-        if arch is None or not _is_registered(arch):
-            raise InputError(
-                "a .safetensors file is rebuilt from the architecture registry, but this model has no "
-                "registered architecture name (build it with create_model(...)); save it as .pt2 instead"
-            )
-        from safetensors.torch import save_file
-
-        state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-        with atomic_path(path) as tmp:
-            save_file(state, str(tmp), metadata={"format": SIDECAR_FORMAT, "arch": arch})
-            sort_safetensors_header(tmp)  # byte-reproducible: the header order is random otherwise
-    elif fmt == "state_dict":
-        state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-        with atomic_path(path) as tmp:
-            torch.save(state, tmp)
-            fix_serialization_id(tmp)
-    else:
-        if in_shape is None:
-            raise InputError(f"saving as {fmt} needs the input shape: pass in_shape=(C, H, W)")
-        with warnings.catch_warnings():  # deep-copying a torch.export module warns (torch 2.13)
-            warnings.simplefilter("ignore", FutureWarning)
-            # exported on the CPU so that the file loads on any machine
-            wrapped = _Exportable(copy.deepcopy(net).cpu(), mean, std).eval()
-        example = torch.rand(2, *in_shape, generator=torch.Generator().manual_seed(0))
-        with atomic_path(path) as tmp:
-            _export(wrapped, example, tmp, fmt)
-            if fmt in ("export", "torchscript"):
-                fix_serialization_id(tmp)
+    writer = format_named(fmt)
+    if not writer.can_save:
+        raise InputError(f"trojanscope does not write {fmt} files")
+    inside = writer.normalization_inside
+    with atomic_path(path) as tmp:
+        writer.save(net, tmp, SaveSpec(arch=arch, in_shape=in_shape, mean=mean, std=std))
     side: dict[str, Any] = {}
     if isinstance(model, WrappedModel):
         # what stays true of a re-saved model; metrics are not carried (the caller gives new ones)
@@ -142,49 +126,6 @@ def save_model(model: nn.Module, path: str | Path, *, mean: Sequence[float] | No
     })
     atomic_write_json(sidecar_path(path), side)
     return path
-
-
-class _Exportable(nn.Module):
-    """Normalisation + network in one plain module, so exported files take [0, 1] input."""
-
-    def __init__(self, net: nn.Module, mean: Sequence[float] | None, std: Sequence[float] | None) -> None:
-        super().__init__()
-        self.norm = Normalize(mean, std) if mean is not None and std is not None else nn.Identity()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(self.norm(x))
-
-
-def _export(module: nn.Module, example: torch.Tensor, tmp: Path, fmt: str) -> None:
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            if fmt == "export":
-                batch = torch.export.Dim("batch", min=1)
-                ep = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
-                torch.export.save(ep, str(tmp))
-            elif fmt == "torchscript":
-                traced = torch.jit.trace(module, example, check_trace=False)
-                torch.jit.save(traced, str(tmp))
-            elif fmt == "onnx":
-                _export_onnx(module, example, tmp)
-            else:
-                raise InputError(f"unknown model format {fmt!r}")
-    except TrojanscopeError:
-        raise
-    except Exception as e:
-        raise ModelFileError(f"could not save the model as {fmt}: {type(e).__name__}: {_first_line(e)}") from e
-
-
-def _export_onnx(module: nn.Module, example: torch.Tensor, tmp: Path) -> None:
-    names = {"input_names": ["input"], "output_names": ["logits"]}
-    try:  # the TorchScript-based exporter: fast and dependency-free
-        torch.onnx.export(module, (example,), str(tmp), dynamo=False, opset_version=17,
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, **names)
-    except Exception:  # the torch.export-based exporter (onnxscript)
-        torch.onnx.export(module, (example,), str(tmp), dynamo=True, external_data=False, verbose=False,
-                          dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), **names)
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,13 +145,6 @@ def check_finite_weights(net: nn.Module, name: str) -> None:
             n_bad = int((~torch.isfinite(t)).sum())
             raise ModelFileError(f"{name}: weight {key!r} holds {n_bad} NaN or infinite value(s); "
                                  "such a model cannot be judged")
-
-
-def _load_export(path: Path) -> nn.Module:
-    with no_code_unpickling():
-        ep = torch.export.load(str(path))
-    check_graph_targets(path, ep.graph_module)
-    return ep.module()
 
 
 def load_model(path: str | Path, *, normalize: tuple[Sequence[float], Sequence[float]] | None = None,
@@ -254,41 +188,14 @@ def load_model(path: str | Path, *, normalize: tuple[Sequence[float], Sequence[f
         mean, std = normalize
     elif side.get("mean") is not None and not side.get("normalization_inside", False):
         mean, std = side["mean"], side.get("std")
-    forward_only = False
     name = arch or side.get("arch")
 
     if fmt == "pt":
         fmt = _classify_torch_file(path)
-    if fmt == "safetensors":
-        net = _build(path, module, name, num_classes, in_shape, module_kwargs)
-        _load_state(net, _read_safetensors(path), path, side)
-    elif fmt == "state_dict":
-        check_archive(path, "state_dict")
-        state = _read_state_dict(path)
-        if module is None and name is None:
-            raise ModelFileError(
-                f"{path.name} holds only weights (a state dict); say which network they belong to: "
-                "--module path/to/module.py:ClassName, or --arch NAME for a built-in architecture"
-            )
-        net = _build(path, module, name, num_classes, in_shape, module_kwargs)
-        _load_state(net, state, path, side)
-    elif fmt == "export":
-        check_archive(path, "export")
-        net = _guard(path, "a torch.export (.pt2) program", lambda: _load_export(path))
-        if in_shape is None:
-            in_shape = _export_in_shape(net)
-        name = name if side else "torch.export"
-    elif fmt == "torchscript":
-        check_archive(path, "torchscript")
-        net = _guard(path, "a TorchScript file", lambda: torch.jit.load(str(path), map_location="cpu"))
-        name = name if side else "torchscript"
-    elif fmt == "onnx":
-        net = _OnnxModule(path)
-        in_shape = in_shape or net.in_shape
-        forward_only = True
-        name = name if side else "onnx"
-    else:  # pragma: no cover - _format_of/_classify only return the above
-        raise ModelFileError(f"unknown format of {path}")
+    loaded = format_named(fmt).load(path, LoadSpec(side=side, arch=name, num_classes=num_classes,
+                                                    in_shape=in_shape, module=module,
+                                                    module_kwargs=module_kwargs))
+    net, in_shape, name, forward_only = loaded.net, loaded.in_shape, loaded.name, loaded.forward_only
     if module is not None:
         name = f"module:{module.rsplit(':', 1)[-1]}"
     check_finite_weights(net, path.name)
