@@ -10,7 +10,7 @@ The layers are those of ``docs/development.md`` (and ``DESIGN.md``)::
     detectors, mitigations, certify, zoo, guard              one method per file
     workflows                                                scan_model / guard_inputs / repair_model
     report                                                   render only
-    serve                                                    the guarded inference service (ASGI)
+    serve, fleet                                             the guarded service (ASGI); scan-many
     cli, demo, __main__                                      commands (``trojanscope serve`` too)
 
 The graph is read with ``ast`` from the source files, without importing anything. Module-level
@@ -40,7 +40,7 @@ LAYERS: list[set[str]] = [
     {"detectors", "mitigations", "certify", "zoo", "guard"},
     {"workflows"},
     {"report"},
-    {"serve"},
+    {"serve", "fleet"},
     {"cli", "demo", "__main__"},
 ]
 LAYER_OF = {name: i for i, names in enumerate(LAYERS) for name in names}
