@@ -149,3 +149,20 @@ def test_decompression_bombs_in_data(tmp_path):
     line = _assert_refused(_run("evaluate", str(model), "--data", "mnist", "--data-dir", str(tmp_path / "data"),
                                 "--device", "cpu"))
     assert "cannot read" in line
+
+
+def test_more_outputs_than_data_classes_needs_a_label_map(tmp_path):
+    """A 1000-output model on 10-class data is an error (it used to report "target class 17"),
+    unless the data declares the model's classes (an .npz with num_classes)."""
+    import numpy as np
+
+    p = save_model(create_model("small_cnn", 1000, (1, 8, 8)).eval(), tmp_path / "k1000.safetensors")
+    line = _assert_refused(_run("scan", str(p), "--data", "digits", "--device", "cpu"))
+    assert "1000 outputs" in line and "10 classes" in line
+    rng = np.random.default_rng(0)
+    npz = tmp_path / "d.npz"
+    np.savez(npz, x=rng.integers(0, 256, (20, 8, 8), dtype=np.uint8), y=np.arange(20) % 10,
+             x_test=rng.integers(0, 256, (20, 8, 8), dtype=np.uint8), y_test=np.arange(20) % 10,
+             num_classes=np.array(1000))
+    r = _run("evaluate", str(p), "--data", f"npz:{npz}", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
