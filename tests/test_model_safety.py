@@ -244,3 +244,21 @@ def test_nan_outputs_are_refused(tmp_path):
     torch.jit.save(torch.jit.trace(Inf(), torch.rand(2, *SHAPE)), str(p))
     with pytest.raises(ModelFileError, match="NaN or infinite outputs"):
         load_model(p, in_shape=SHAPE)
+
+
+def test_no_source_file_asks_for_unrestricted_unpickling():
+    """Static half of the guarantee: nothing in the package calls torch.load(weights_only=False)
+    or pickle.load(s) on a file (the CIFAR reader's restricted Unpickler is the one exception)."""
+    import re
+    from pathlib import Path
+
+    import trojanscope
+
+    bad = []
+    for f in Path(trojanscope.__file__).parent.rglob("*.py"):
+        if f.name == "_archive.py":  # the guard itself names what it blocks
+            continue
+        text = f.read_text()
+        if re.search(r"weights_only\s*=\s*False", text) or re.search(r"pickle\.loads?\(", text):
+            bad.append(f.name)
+    assert not bad, bad
