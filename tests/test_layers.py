@@ -2,9 +2,10 @@
 
 The layers are those of ``docs/development.md`` (and ``DESIGN.md``)::
 
-    errors, types, _registry, _params, _validate, utils      the vocabulary
-    _runtime                                                 model preparation
+    errors, types, _registry, _params, _validate, utils,
+    combine                                                  the vocabulary (+ p-value combination)
     data, models                                             readers, architectures, formats
+    _runtime                                                 model preparation (needs ImageData, logits)
     sandbox                                                  untrusted models in a child process
     attacks, train, metrics
     detectors, mitigations, certify, zoo, guard              one method per file
@@ -32,9 +33,9 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 PACKAGE = "trojanscope"
 
 LAYERS: list[set[str]] = [
-    {"errors", "types", "_registry", "_params", "_validate", "utils"},
-    {"_runtime"},
+    {"errors", "types", "_registry", "_params", "_validate", "utils", "combine"},
     {"data", "models"},
+    {"_runtime"},
     {"sandbox"},
     {"attacks", "train", "metrics"},
     {"detectors", "mitigations", "certify", "zoo", "guard"},
