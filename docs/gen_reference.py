@@ -29,13 +29,13 @@ TITLES = {
 
 def render() -> str:
     """The page: one section per registry kind, one mkdocstrings block per entry."""
-    try:
-        import trojanscope as ts
-        from trojanscope._registry import _PROVIDERS
-    except ImportError:  # building from a checkout without an install
-        sys.path.insert(0, str(ROOT / "src"))
-        import trojanscope as ts
-        from trojanscope._registry import _PROVIDERS
+    # the checkout's own package, the one mkdocstrings reads (``paths: [src]``), even when
+    # another copy is installed
+    src = str(ROOT / "src")
+    if src not in sys.path:
+        sys.path.insert(0, src)
+    import trojanscope as ts
+    from trojanscope._registry import _PROVIDERS
 
     lines = [
         "# Registry reference",

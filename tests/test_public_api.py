@@ -1,5 +1,7 @@
-"""The public API (``trojanscope.__all__``) is documented: every name has a docstring, and the
-modules that define the names pass ruff's docstring rules (D, Google convention)."""
+"""The public API (``trojanscope.__all__``) is documented: every name has a docstring, every
+public function documents exactly its parameters, and the modules that define the names pass
+ruff's docstring rules (D, Google convention; D417 is replaced by the parameter check here,
+which understands this code base's ``a, b: ...`` entries)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _docstrings import documented_params, signature_params
 
 import trojanscope
 
@@ -23,6 +26,18 @@ def test_public_name_is_documented(name: str) -> None:
     assert doc.strip(), f"trojanscope.{name} has no docstring"
     if inspect.isclass(obj) and obj.__doc__ == obj.__mro__[1].__doc__:
         pytest.fail(f"trojanscope.{name} only inherits its docstring")
+
+
+@pytest.mark.parametrize("name", [n for n in PUBLIC if inspect.isfunction(getattr(trojanscope, n))])
+def test_public_function_documents_its_parameters(name: str) -> None:
+    fn = getattr(trojanscope, name)
+    params = signature_params(fn)
+    if not params:
+        return
+    documented = documented_params(fn)
+    assert documented is not None, f"trojanscope.{name} has no Args: section"
+    assert not params - documented, f"trojanscope.{name}: undocumented {sorted(params - documented)}"
+    assert not documented - params, f"trojanscope.{name}: documents unknown {sorted(documented - params)}"
 
 
 def _defining_files() -> list[str]:
@@ -40,7 +55,8 @@ def test_public_modules_follow_the_docstring_rules() -> None:
     files = _defining_files()
     assert any(f.endswith("_registry.py") for f in files)
     run = subprocess.run(
-        [sys.executable, "-m", "ruff", "check", "--select", "D", "--output-format", "concise", *files],
+        [sys.executable, "-m", "ruff", "check", "--select", "D", "--ignore", "D417",
+         "--output-format", "concise", *files],
         capture_output=True, text=True, timeout=120,
     )
     assert run.returncode == 0, run.stdout + run.stderr

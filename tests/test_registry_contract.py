@@ -24,7 +24,6 @@ from __future__ import annotations
 import gzip
 import inspect
 import json
-import re
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from _docstrings import documented_params
 from conftest import assert_unchanged, state_snapshot
 from torch import nn
 
@@ -119,28 +119,12 @@ def test_parameters_survive_a_round_trip_through_set_values(kind: str, name: str
     assert _same({k: v for k, v in changed.items() if k != key}, {k: v for k, v in base.items() if k != key})
 
 
-def _documented_params(cls: type) -> set[str] | None:
-    """Names in the ``Args:`` section of the class that defines ``__init__`` (Google style;
-    ``a, b: ...`` documents both)."""
-    owner = next(c for c in cls.__mro__ if "__init__" in vars(c))
-    text = inspect.cleandoc(owner.__doc__ or "") + "\n" + inspect.cleandoc(owner.__init__.__doc__ or "")
-    section = re.search(r"^(?:Args|Arguments|Parameters):[ \t]*\n(.*?)(?=^\S|\Z)", text, re.M | re.S)
-    if section is None:
-        return None
-    names: set[str] = set()
-    for line in section.group(1).splitlines():
-        entry = re.match(r"^ {4}(\w[\w, ]*?)\s*(?:\([^)]*\))?:", line)
-        if entry:
-            names |= {n.strip() for n in entry.group(1).split(",")}
-    return names
-
-
 @pytest.mark.parametrize(("kind", "name"), _entries(*ESTIMATOR_KINDS))
 def test_parameters_are_documented(kind: str, name: str) -> None:
     """Every constructor parameter is in the docstring's ``Args:``, and nothing else is."""
     cls = ts.get(kind, name)
     params = {n for n in inspect.signature(cls.__init__).parameters if n != "self"}
-    documented = _documented_params(cls)
+    documented = documented_params(cls)
     assert documented is not None, f"{cls.__name__} has no Args: section"
     assert not params - documented, f"{cls.__name__}: undocumented parameters {sorted(params - documented)}"
     assert not documented - params, f"{cls.__name__}: documents unknown parameters {sorted(documented - params)}"

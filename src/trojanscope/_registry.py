@@ -45,7 +45,13 @@ def import_submodules(package: str) -> None:
 
 
 def register(kind: str, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Class/function decorator: ``@register("model_detector", "neural_cleanse")``."""
+    """Class/function decorator: ``@register("model_detector", "neural_cleanse")``.
+
+    Args:
+        kind: the registry kind (``model_detector``, ``input_detector``, ``mitigation``,
+            ``trigger``, ``evasion``, ``arch``, ``dataset``, ...).
+        name: the name users pass (``--method NAME``, ``create(kind, NAME)``).
+    """
 
     def deco(obj: Callable[..., Any]) -> Callable[..., Any]:
         table = _REGISTRY.setdefault(kind, {})
@@ -65,12 +71,21 @@ def _load(kind: str) -> dict[str, Callable[..., Any]]:
 
 
 def available(kind: str) -> list[str]:
-    """Sorted names registered under ``kind``."""
+    """Sorted names registered under ``kind``.
+
+    Args:
+        kind: the registry kind.
+    """
     return sorted(_load(kind))
 
 
 def get(kind: str, name: str) -> Callable[..., Any]:
-    """The registered class or function, with a clear error listing the valid names."""
+    """The registered class or function, with a clear error listing the valid names.
+
+    Args:
+        kind: the registry kind.
+        name: the registered name.
+    """
     table = _load(kind)
     if name not in table:
         valid = ", ".join(sorted(table)) or "(none)"
@@ -79,5 +94,11 @@ def get(kind: str, name: str) -> Callable[..., Any]:
 
 
 def create(kind: str, name: str, **params: Any) -> Any:
-    """Instantiate the entry ``name`` of ``kind`` with keyword parameters."""
+    """Instantiate the entry ``name`` of ``kind`` with keyword parameters.
+
+    Args:
+        kind: the registry kind.
+        name: the registered name.
+        **params: the entry's parameters.
+    """
     return get(kind, name)(**params)

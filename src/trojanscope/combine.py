@@ -157,8 +157,9 @@ class CombinedVerdict:
     def to_dict(self) -> dict[str, Any]:
         from .utils import to_jsonable
 
-        return to_jsonable({k: getattr(self, k) for k in self.__dataclass_fields__} |
-                           {"exit_code": self.exit_code})
+        out: dict[str, Any] = to_jsonable({k: getattr(self, k) for k in self.__dataclass_fields__} |
+                                          {"exit_code": self.exit_code})
+        return out
 
 
 def _fmt(p: float) -> str:
@@ -228,8 +229,8 @@ def combine_evidence(evidence: Sequence[Evidence], *, alpha: float = 0.05, rule:
         return CombinedVerdict("backdoored", p, rule, alpha, target=target, sources=sorted(sources),
                                supporting=supporting, disagreeing=disagreeing, reason=reason)
     alone = [e for e, pi in zip(voting, ps, strict=True) if pi < alpha]
-    disagreeing = [{"method": e.method, "why": f"significant on its own (p = {_fmt(e.p_value)})"
-                    + (f", points at class {e.target}" if e.target is not None else "")}  # type: ignore[arg-type]
+    disagreeing = [{"method": e.method, "why": f"significant on its own (p = {_fmt(float(e.p_value or 0.0))})"
+                    + (f", points at class {e.target}" if e.target is not None else "")}
                    for e in alone]
     disagreeing += [{"method": m, "why": "no p-value"} for m in silent]
     if alone or failed:

@@ -66,8 +66,11 @@ def _emit(progress: ProgressFn | None, **info: Any) -> None:
 # ------------------------------------------------------------------------------------ envelope
 
 def describe_model(model: nn.Module, path: str | Path | None = None) -> dict[str, Any]:
-    """The envelope's ``model`` entry: file, architecture, classes, input shape and what its
-    sidecar records (dataset, accuracy, normalisation)."""
+    """The envelope's ``model`` entry.
+
+    File, architecture, classes, input shape and what its sidecar records (dataset, accuracy,
+    normalisation).
+    """
     meta = getattr(model, "metadata", None)
     meta = meta if isinstance(meta, dict) else {}
     metrics = meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {}
@@ -127,7 +130,7 @@ CONVENTIONS: dict[str, tuple[list[float] | None, list[float] | None]] = {
 
 @dataclass
 class SanityCheck:
-    """Does the model classify the scan images? (the gate before any detector)
+    """Does the model classify the scan images? The gate before any detector.
 
     Attributes:
         passed: accuracy is neither near chance nor far below the recorded accuracy.
@@ -155,6 +158,7 @@ class SanityCheck:
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict of every field."""
         return to_jsonable({k: getattr(self, k) for k in self.__dataclass_fields__})
 
 
@@ -172,8 +176,7 @@ def _accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 512
 
 def sanity_check(model: nn.Module, clean: CleanData, *, recorded_accuracy: float | None = None,
                  chance_margin: float = 0.25, max_drop: float = 0.15) -> SanityCheck:
-    """Measure the model's accuracy on the scan images; when it fails, find the input convention
-    that fits.
+    """Measure the model's accuracy on the scan images; on failure, find the input convention that fits.
 
     The gate fails when ``accuracy < chance + chance_margin * (1 - chance)`` (near chance: 32.5%
     for 10 classes) or, when the sidecar records an accuracy ``r``, when ``accuracy < r -
@@ -284,9 +287,11 @@ class MethodRun:
 
     @property
     def seconds(self) -> float:
+        """Seconds the method ran (0 when it did not)."""
         return self.result.seconds if self.result is not None else 0.0
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict of the method's outcome."""
         return to_jsonable({"method": self.method, "status": self.status, "p_value": self.p_value,
                             "calibration": self.calibration, "candidate_target": self.candidate_target,
                             "why": self.why, "error": self.error,
@@ -376,9 +381,12 @@ def select_methods(methods: str | Sequence[str], context: Mapping[str, Any]
 
 def build_detectors(names: Sequence[str], params: Mapping[str, Mapping[str, Any]] | None = None, *,
                     seed: int | None = 0, resources: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Instantiate the named model detectors: ``params[name]`` first, ``seed`` for those that
-    take one (unless set), and the resources of their ``needs``. Bad or unknown parameters are a
-    clear error naming the method and its parameters, before any work starts."""
+    """Instantiate the named model detectors.
+
+    ``params[name]`` first, ``seed`` for those that take one (unless set), and the resources of
+    their ``needs``. Bad or unknown parameters are a clear error naming the method and its
+    parameters, before any work starts.
+    """
     from ._registry import get
 
     out = {}
@@ -437,6 +445,7 @@ class ScanReport:
         return [m.result for m in self.methods if m.result is not None]
 
     def to_dict(self) -> dict[str, Any]:
+        """The ``report.json`` document of a scan."""
         env = _Envelope(self.model, self.data, self.parameters, self.timings, self.versions,
                         self.created).envelope("scan")
         return to_jsonable({**env, "verdict": self.verdict.to_dict(),
@@ -599,6 +608,7 @@ class GuardReport:
         return 1 if bool(self.flagged.any()) else 0
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON document of a guard run."""
         env = _Envelope(self.model, self.data, self.parameters, self.timings, self.versions,
                         self.created).envelope("inputs")
         n = int(self.flagged.numel())
@@ -626,6 +636,7 @@ def guard_inputs(model: nn.Module, clean: CleanData, suspect: torch.Tensor,
         fpr, split_fpr: the guard's target false-positive rate, split over the detectors.
         seed: seed of every detector.
         inputs: names of the suspect inputs (recorded).
+        model_path, data_info: the model file and the data description, recorded in the report.
         progress: optional callback (``{"stage": "fit"|"score", "method": name}``).
     """
     from ._registry import available
@@ -684,9 +695,11 @@ class RepairReport:
 
     @property
     def exit_code(self) -> int:
+        """0: a repair that ran is a success (its numbers say how well)."""
         return 0
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON document of a repair."""
         env = _Envelope(self.model, self.data, self.parameters, self.timings, self.versions,
                         self.created).envelope("mitigate")
         return to_jsonable({**env, "result": self.result.to_dict()})
@@ -705,6 +718,7 @@ def repair_model(model: nn.Module, clean: CleanData, method: str = "unlearning",
         method: mitigation registry name.
         params: its parameters.
         scan, test, true_trigger: passed to :meth:`~trojanscope.mitigations.Mitigation.apply`.
+        model_path, data_info: the model file and the data description, recorded in the report.
         progress: optional callback.
     """
     from ._registry import get

@@ -17,6 +17,12 @@ def load_dataset(name: str, split: str = "train", root: object = None, **kwargs:
 
     Readers wrap their own failures; any that still escapes a reader (a damaged file of a kind
     no reader foresaw) becomes one :class:`~trojanscope.errors.InputError` too.
+
+    Args:
+        name: a registered dataset (``digits``, ``mnist``, ``cifar10``, ``folder``, ``npz``, ...).
+        split: ``train`` or ``test`` (``digits`` also ``all``).
+        root: the data folder (default: ``$TROJANSCOPE_DATA``); for ``folder``/``npz`` the path.
+        **kwargs: reader options (``limit``, ``size``, ...).
     """
     reader = get("dataset", name)
     with reading(root if root is not None else name, f"the {name} dataset"):
