@@ -340,7 +340,11 @@ def render_html(title: str, results: Sequence[ScanResult], extra_sections: Mappi
     for name, value in (extra_sections or {}).items():
         parts.append(_extra_section(name, value))
     if env:
-        parts.append("<h2>Scan</h2>" + _kv_table({k: x for k, x in env.items() if k != "versions"}))
+        shown = {k: x for k, x in env.items() if k in ("model", "data", "sanity")}
+        folded = {k: x for k, x in env.items() if k not in shown and k != "versions"}
+        parts.append("<h2>Scan</h2>" + (_kv_table(shown) if shown else "")
+                     + "".join(f"<details><summary>{_e(k)}</summary>{_kv_table({k: x})}</details>"
+                               for k, x in folded.items()))
     parts.append("<h2>Versions</h2>" + _kv_table(env.get("versions") or versions()))
     parts.append("</body></html>")
     return "\n".join(parts)
