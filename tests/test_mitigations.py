@@ -27,11 +27,13 @@ def repair_data(backdoor):
     return backdoor["train"].clean_subset(60, seed=1), backdoor["test"]
 
 
-# Pruning a 64-neuron penultimate layer costs more accuracy than in the paper's large nets.
+# Pruning a 64-neuron penultimate layer costs more accuracy than in the paper's large nets: it
+# gets a wider budget, and so does the filter (its 5% FPR rejects clean inputs, which count as
+# errors; within the default 2-point budget it falls back to 1% FPR, which lets ~20% through).
 @pytest.mark.parametrize("name, params, cta_drop", [
-    ("unlearn", {}, 0.05),
-    ("prune", {}, 0.15),
-    ("filter", {}, 0.10),  # rejected clean inputs (the 5% FPR) count as errors
+    ("unlearn", {}, 0.02),
+    ("prune", {"max_cta_drop": 0.15}, 0.15),
+    ("filter", {"max_cta_drop": 0.1}, 0.1),
 ])
 def test_mitigation_lowers_asr_keeps_cta(backdoor, repair_data, name, params, cta_drop):
     model = backdoor["backdoored"]
@@ -43,20 +45,22 @@ def test_mitigation_lowers_asr_keeps_cta(backdoor, repair_data, name, params, ct
     assert res.model is not model
     assert res.asr_true_before > 0.9
     assert res.asr_true_after < 0.25, res.to_dict()
-    assert res.cta_after > res.cta_before - cta_drop, res.to_dict()
+    assert res.cta_after >= res.cta_before - cta_drop, res.to_dict()
+    assert res.verdict == "repaired", res.reason
     d = res.to_dict()
     assert "model" not in d and d["method"] == name
 
 
 def test_pruning_history_and_last_conv(backdoor, repair_data):
     clean, test = repair_data
-    res = ts.create("mitigation", "prune", layer="last_conv", step_fraction=0.05).apply(
+    res = ts.create("mitigation", "prune", layer="last_conv", step_fraction=0.05, max_cta_drop=0.2).apply(
         backdoor["backdoored"], clean, _scan_from_true_trigger(backdoor), test=test,
         true_trigger=backdoor["trigger"])
     fr = [h["fraction"] for h in res.history]
     assert fr == sorted(fr) and fr[0] == 0 and len(res.pruned) == len(set(res.pruned)) > 0
     # the pruned channels really output zero
-    assert res.history[-1]["pruned"] == len(res.pruned)
+    kept = [h for h in res.history if not h.get("undone")]  # a step over the CTA budget is undone
+    assert kept[-1]["pruned"] == len(res.pruned)
     from trojanscope.models import named_layers, record
 
     _, conv = named_layers(res.model, (torch.nn.Conv2d,))[-1]
@@ -70,7 +74,7 @@ def test_pruning_history_and_last_conv(backdoor, repair_data):
 
 def test_filter_flags_and_fnr(backdoor, repair_data, tmp_path):
     clean, test = repair_data
-    res = ts.create("mitigation", "filter", fpr=0.05).apply(
+    res = ts.create("mitigation", "filter", fpr=0.05, max_cta_drop=0.1).apply(
         backdoor["backdoored"], clean, _scan_from_true_trigger(backdoor), test=test,
         true_trigger=backdoor["trigger"])
     f = res.model

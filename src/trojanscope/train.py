@@ -49,6 +49,7 @@ def train(
     seed: int = 0,
     progress: ProgressFn | None = None,
     step_progress: ProgressFn | None = None,
+    max_grad_norm: float | None = None,
 ) -> dict[str, Any]:
     """Train (or fine-tune) ``model`` in place on ``data`` with cross-entropy.
 
@@ -63,6 +64,9 @@ def train(
         progress: called after every epoch with {"epoch", "loss", "accuracy", "seconds"}.
         step_progress: called about 100 times in all with {"step", "steps", "epoch", "loss"}
             (a one-epoch MNIST run would otherwise show no progress for minutes).
+        max_grad_norm: clip the gradient norm to this (None = off). Fine-tuning a model with a
+            large logit scale on images it gets very wrong (unlearning) starts with huge
+            gradients; clipping keeps the first steps from wrecking the clean accuracy.
 
     Returns:
         {"loss": last epoch mean loss, "train_accuracy": ..., "seconds": ..., "history": [...]}.
@@ -119,6 +123,8 @@ def train(
                 raise InputError("training diverged (loss is NaN/inf); lower the learning rate")
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
             opt.step()
             if sched is not None:
                 sched.step()

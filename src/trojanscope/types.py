@@ -119,6 +119,10 @@ class MitigationResult:
     extra: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     params: dict[str, Any] = field(default_factory=dict)
+    #: "repaired", "ineffective" (the backdoor still works) or "refused" (clean accuracy fell
+    #: by more than the budget, or the weights broke): a refused model must not be used
+    verdict: str = "repaired"
+    reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict, without the repaired model itself."""

@@ -62,7 +62,7 @@ class FilteredModel(nn.Module):
     @classmethod
     def load(cls, path, **load_kwargs: Any) -> FilteredModel:
         """Load a model file written from a FilteredModel, with its filter. The flags need the
-        model's layers, so restore them from ``.safetensors`` or a state dict (a ``.pt2`` or
+        model's layers: ``.safetensors``, state dict, ``.pt2`` and TorchScript keep them (an
         ONNX file keeps the logits only)."""
         from ..errors import InputError
         from ..models import load_model
@@ -81,15 +81,22 @@ class InputFilter(Mitigation):
     Args:
         neuron_fraction: share of second-to-last-layer neurons taken as backdoor neurons (1%;
             at least one neuron).
-        fpr: false-positive rate on clean data that sets the threshold.
-        max_rounds, scan_method, scan_params, seed: see :class:`Mitigation`.
+        fpr: false-positive rate on clean data that sets the threshold. Rejected clean inputs
+            count as errors, so an ``fpr`` above ``max_cta_drop`` breaks the CTA budget: the
+            fallbacks use ``max_cta_drop / 2`` and ``/ 4``.
+        max_cta_drop, max_asr, val_fraction, max_rounds, scan_method, scan_params, seed: see
+            :class:`Mitigation`.
     """
 
-    def __init__(self, *, neuron_fraction: float = 0.01, fpr: float = 0.05, max_rounds: int = 1,
+    def __init__(self, *, neuron_fraction: float = 0.01, fpr: float = 0.05, max_cta_drop: float = 0.02,
+                 max_asr: float = 0.1, val_fraction: float = 0.2, max_rounds: int = 1,
                  scan_method: str = "neural_cleanse", scan_params: dict[str, Any] | None = None,
                  seed: int = 0) -> None:
         self.neuron_fraction = neuron_fraction
         self.fpr = fpr
+        self.max_cta_drop = max_cta_drop
+        self.max_asr = max_asr
+        self.val_fraction = val_fraction
         self.max_rounds = max_rounds
         self.scan_method = scan_method
         self.scan_params = scan_params
@@ -117,6 +124,10 @@ class InputFilter(Mitigation):
             fnr[name] = {f"{p:g}": fnr_at_fpr(s_clean, s_trig, p) for p in (0.01, 0.05, 0.10)}
         return {"model": filt, "pruned": neurons.tolist(), "threshold": thr, "neurons": neurons.tolist(),
                 "fnr_at_fpr": fnr}
+
+    def _fallbacks(self) -> list[dict[str, Any]]:
+        gentler = [f for f in (self.max_cta_drop / 2, self.max_cta_drop / 4) if 0 < f < self.fpr]
+        return [{"fpr": f} for f in gentler]
 
     def _evaluate(self, model: nn.Module, data: ImageData, target: int | None, triggers):
         """Through the filter, a flagged input is rejected: it is neither a correct clean

@@ -19,6 +19,7 @@ from ..attacks import Trigger
 from ..data import ImageData
 from ..errors import InputError
 from ..metrics import accuracy, attack_success_rate
+from ..models.graph import GraphLayer
 from ..models.introspect import last_linear, named_layers, record
 from ._base import Mitigation
 
@@ -41,15 +42,25 @@ class _Units:
         elif layer == "last_conv":
             convs = named_layers(model, (nn.Conv2d,))
             if not convs:
-                raise InputError("the model has no nn.Conv2d layer to prune; use layer='penultimate'")
+                raise InputError("the model has no convolution to prune; use layer='penultimate'")
             name, self.layer = convs[-1]
             self.probe_inputs = False
-            mods = list(model.named_modules())
-            pos = next(i for i, (n, _) in enumerate(mods) if n == name)
-            nxt = mods[pos + 1][1] if pos + 1 < len(mods) else None
-            self.bn = nxt if isinstance(nxt, nn.BatchNorm2d) else None
+            if isinstance(self.layer, GraphLayer):  # a .pt2 / TorchScript graph: the node's BN
+                self.bn = self.layer.bn
+            else:
+                mods = list(model.named_modules())
+                pos = next(i for i, (n, _) in enumerate(mods) if n == name)
+                nxt = mods[pos + 1][1] if pos + 1 < len(mods) else None
+                self.bn = (nxt.weight, nxt.bias, nxt.running_mean) if isinstance(nxt, nn.BatchNorm2d) else None
         else:
             raise InputError(f"unknown layer {layer!r}; use penultimate or last_conv")
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor :meth:`prune` edits (to undo a step)."""
+        out = [self.layer.weight]
+        if not self.probe_inputs:
+            out += [t for t in (self.layer.bias, *(self.bn or ())) if t is not None]
+        return out
 
     @property
     def count(self) -> int:
@@ -70,9 +81,9 @@ class _Units:
         self.layer.weight[idx] = 0
         if self.layer.bias is not None:
             self.layer.bias[idx] = 0
-        if self.bn is not None:
-            self.bn.bias[idx] = 0
-            self.bn.running_mean[idx] = 0
+        if self.bn is not None:  # (weight, bias, running_mean) of the BatchNorm after it
+            self.bn[1][idx] = 0
+            self.bn[2][idx] = 0
 
 
 @register("mitigation", "prune")
@@ -87,17 +98,25 @@ class NeuronPruning(Mitigation):
         step_fraction: share of the layer's neurons pruned per step (at least one).
         max_fraction: never prune more than this share.
         stop_asr: stop when the reversed trigger's success rate on the clean data is below this.
-        max_rounds, scan_method, scan_params, seed: see :class:`Mitigation`.
+        max_cta_drop: never prune a step that costs more validation accuracy than this (the step
+            is undone and pruning stops: fewer pruned neurons); the fallback halves it.
+        max_asr, val_fraction, max_rounds, scan_method, scan_params, seed: see :class:`Mitigation`.
+
+    Works on eager models and, through their graph nodes, on .pt2 and TorchScript models.
     """
 
     def __init__(self, *, layer: str = "penultimate", step_fraction: float = 0.01,
-                 max_fraction: float = 0.5, stop_asr: float = 0.05, max_rounds: int = 1,
+                 max_fraction: float = 0.5, stop_asr: float = 0.05, max_cta_drop: float = 0.02,
+                 max_asr: float = 0.1, val_fraction: float = 0.2, max_rounds: int = 1,
                  scan_method: str = "neural_cleanse", scan_params: dict[str, Any] | None = None,
                  seed: int = 0) -> None:
         self.layer = layer
         self.step_fraction = step_fraction
         self.max_fraction = max_fraction
         self.stop_asr = stop_asr
+        self.max_cta_drop = max_cta_drop
+        self.max_asr = max_asr
+        self.val_fraction = val_fraction
         self.max_rounds = max_rounds
         self.scan_method = scan_method
         self.scan_params = scan_params
@@ -121,9 +140,12 @@ class NeuronPruning(Mitigation):
         history: list[dict[str, Any]] = []
         pruned: list[int] = []
 
-        def record_step() -> float:
+        val, cta0 = self._val, self._val_before["cta"]
+
+        def record_step(count: int) -> tuple[float, float]:
             rev_clean = attack_success_rate(model, clean, trigger, target)["asr"]
-            row = {"pruned": len(pruned), "fraction": len(pruned) / n, "cta": accuracy(model, test),
+            row = {"pruned": count, "fraction": count / n, "cta": accuracy(model, test),
+                   "val_cta": accuracy(model, val),
                    "asr_reversed": attack_success_rate(model, test, trigger, target)["asr"],
                    "asr_reversed_clean_data": rev_clean}
             if true_trigger is not None:
@@ -131,17 +153,30 @@ class NeuronPruning(Mitigation):
             history.append(row)
             if progress:
                 progress(row)
-            return float(rev_clean)
+            return float(rev_clean), float(row["val_cta"])
 
-        asr = record_step()
+        asr, _ = record_step(0)
         i = 0
+        why = "max_fraction reached"
         while asr >= self.stop_asr and len(pruned) + step <= max(limit, step) and i < n:
             idx = order[i : i + step]
             idx = idx[~done[idx]]
+            saved = [t.detach().clone() for t in units.tensors()]
             units.prune(idx)
-            pruned += idx.tolist()
             i += step
-            asr = record_step()
-        return {"history": history, "pruned": pruned, "layer": self.layer,
-                "stopped_because": "reversed trigger no longer works" if asr < self.stop_asr
-                else "max_fraction reached"}
+            new_asr, val_cta = record_step(len(pruned) + len(idx))
+            if cta0 - val_cta > self.max_cta_drop:  # the CTA budget: undo this step and stop
+                with torch.no_grad():
+                    for t, v in zip(units.tensors(), saved, strict=True):
+                        t.copy_(v)
+                history[-1]["undone"] = True
+                why = "the next step would exceed the CTA budget"
+                break
+            pruned += idx.tolist()
+            asr = new_asr
+        if asr < self.stop_asr:
+            why = "reversed trigger no longer works"
+        return {"history": history, "pruned": pruned, "layer": self.layer, "stopped_because": why}
+
+    def _fallbacks(self) -> list[dict[str, Any]]:
+        return [{"max_cta_drop": self.max_cta_drop / 2}]

@@ -16,9 +16,11 @@ from .._registry import register
 from ..attacks import Trigger
 from ..data import ImageData
 from ..errors import InputError
+from ..metrics import accuracy, attack_success_rate
+from ..models._logits import set_mode
 from ..train import train
 from ..utils import generator
-from ._base import Mitigation
+from ._base import Mitigation, training_view
 
 
 @register("mitigation", "unlearn")
@@ -30,15 +32,27 @@ class Unlearning(Mitigation):
             trigger, passed to ``apply(true_trigger=...)``) or "clean" (no stamping).
         stamp_fraction: share of the clean sample stamped with the trigger (20%).
         epochs, lr, batch_size, optimizer: the fine-tuning (one epoch, as in the paper).
+        max_grad_norm: gradient-norm clipping (None = off). The stamped images start with a loss
+            proportional to the model's logit scale (~75 on a confident softmax-head MNIST model,
+            ~5 on ours); unclipped, the first steps cost several points of clean accuracy.
         min_steps: at least this many optimiser steps. The paper's epoch is over 10% of the
             training set (6000 MNIST images, ~190 steps); a defender with a few hundred images
             gets a handful of steps per epoch, which disturbs the model without repairing it.
-        max_rounds, scan_method, scan_params, seed: see :class:`Mitigation`.
+        checks: how many times during fine-tuning the validation images are evaluated; the
+            weights kept are those of the check with the lowest reversed-trigger success among
+            those within the CTA budget (early stopping on validation accuracy).
+        max_cta_drop: CTA budget (fraction); over it, the fine-tuning is redone with lr / 4,
+            then lr / 16 (:meth:`_fallbacks`), and refused if still over.
+        max_asr, val_fraction, max_rounds, scan_method, scan_params, seed: see :class:`Mitigation`.
+
+    A model with a softmax output is fine-tuned on its pre-softmax logits when its graph shows
+    them (.pt2, TorchScript): see :func:`~trojanscope.mitigations._base.training_view`.
     """
 
     def __init__(self, *, trigger_source: str = "reversed", stamp_fraction: float = 0.2,
                  epochs: float = 1, min_steps: int = 100, lr: float = 0.01, batch_size: int = 32,
-                 optimizer: str = "sgd",
+                 optimizer: str = "sgd", max_grad_norm: float | None = 5.0, checks: int = 10, max_cta_drop: float = 0.02,
+                 max_asr: float = 0.1, val_fraction: float = 0.2,
                  max_rounds: int = 1, scan_method: str = "neural_cleanse",
                  scan_params: dict[str, Any] | None = None, seed: int = 0) -> None:
         self.trigger_source = trigger_source
@@ -48,6 +62,11 @@ class Unlearning(Mitigation):
         self.lr = lr
         self.batch_size = batch_size
         self.optimizer = optimizer
+        self.max_grad_norm = max_grad_norm
+        self.checks = checks
+        self.max_cta_drop = max_cta_drop
+        self.max_asr = max_asr
+        self.val_fraction = val_fraction
         self.max_rounds = max_rounds
         self.scan_method = scan_method
         self.scan_params = scan_params
@@ -72,12 +91,40 @@ class Unlearning(Mitigation):
             k = round(self.stamp_fraction * len(x))
             idx = torch.randperm(len(x), generator=g)[:k]
             x[idx] = stamp.apply(x[idx]).to(x)
-        for p in model.parameters():
-            p.requires_grad_(True)
         epochs = max(self.epochs, self.min_steps * self.batch_size / len(x))
-        hist = train(model, replace(clean, x=x), epochs=epochs, lr=self.lr,
+        val, cta0 = self._val, self._val_before["cta"]
+        checks: list[dict[str, Any]] = []
+        states: list[dict[str, torch.Tensor]] = []
+
+        due = [0]
+
+        def check(rec: dict[str, Any]) -> None:
+            if rec["step"] < due[0] and rec["step"] != rec["steps"]:
+                return
+            due[0] = rec["step"] + max(1, rec["steps"] // max(1, self.checks))
+            set_mode(model, False)
+            row = {"step": rec["step"], "loss": rec["loss"], "val_cta": accuracy(model, val),
+                   "val_asr_reversed": attack_success_rate(model, val, trigger, target)["asr"]}
+            set_mode(model, True)
+            checks.append(row)
+            states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+            if progress:
+                progress(row)
+
+        hist = train(training_view(model), replace(clean, x=x), epochs=epochs, lr=self.lr,
                      batch_size=self.batch_size, optimizer=self.optimizer, seed=self.seed,
-                     progress=progress)
-        model.eval()
-        return {"history": hist["history"], "trigger_source": self.trigger_source,
-                "fine_tune_images": len(x), "epochs": epochs}
+                     step_progress=check, max_grad_norm=self.max_grad_norm)
+        set_mode(model, False)
+        # early stopping: the check with the lowest reversed-trigger success within the budget
+        ok = [i for i, c in enumerate(checks) if cta0 - c["val_cta"] <= self.max_cta_drop]
+        pool = ok or list(range(len(checks)))
+        low = min(checks[i]["val_asr_reversed"] for i in pool) + 0.01  # as good as the best ...
+        best = max((i for i in pool if checks[i]["val_asr_reversed"] <= low),  # ... and most accurate
+                   key=lambda i: (checks[i]["val_cta"], i))
+        model.load_state_dict(states[best])
+        return {"history": hist["history"], "checks": checks, "trigger_source": self.trigger_source,
+                "fine_tune_images": len(x), "epochs": epochs, "lr": self.lr,
+                "kept_step": checks[best]["step"], "within_budget_on_validation": bool(ok)}
+
+    def _fallbacks(self) -> list[dict[str, Any]]:
+        return [{"lr": self.lr / 4}, {"lr": self.lr / 16}]

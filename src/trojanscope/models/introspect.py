@@ -1,18 +1,27 @@
-"""Find layers and record activations of a model (through any wrapper around it)."""
+"""Find layers and record activations of a model (through any wrapper around it).
+
+Eager models show their ``nn.Conv2d`` / ``nn.Linear`` modules; ``torch.export`` (.pt2) and
+TorchScript models show their conv/linear graph nodes as :class:`~trojanscope.models.graph.GraphLayer`
+objects (same ``weight`` / ``bias`` attributes), recorded through the graph.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import InputError
+from .graph import GraphLayer, model_graph_layers, record_graph
 
 
-def named_layers(model: nn.Module, kinds: tuple[type, ...] = (nn.Conv2d, nn.Linear)) -> list[tuple[str, nn.Module]]:
-    """(name, module) of every layer of the given types, in registration (= forward) order."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, kinds)]
+def named_layers(model: nn.Module, kinds: tuple[type, ...] = (nn.Conv2d, nn.Linear)) -> list[tuple[str, Any]]:
+    """(name, layer) of every layer of the given types, in registration (= forward) order: eager
+    modules, then the conv/linear nodes of exported or scripted parts (:class:`GraphLayer`)."""
+    eager = [(n, m) for n, m in model.named_modules() if isinstance(m, kinds)]
+    return eager + [(g.name, g) for g in model_graph_layers(model) if g.kind in kinds]
 
 
 def last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
@@ -20,19 +29,32 @@ def last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
     layers = named_layers(model, (nn.Linear,))
     if not layers:
         raise InputError(
-            "this method needs the model's layers, and this model has no nn.Linear output layer "
-            "that trojanscope can see (torch.export, TorchScript and ONNX files hide their layers); "
-            "use a safetensors or state-dict model file"
+            "this method needs the model's layers, and this model has no linear output layer "
+            "that trojanscope can see (ONNX files hide their layers); use a .pt2, TorchScript, "
+            "safetensors or state-dict model file"
         )
     return layers[-1]  # type: ignore[return-value]
 
 
-def record(model: nn.Module, x: torch.Tensor, modules: Sequence[nn.Module], *, inputs: bool = False,
+def record(model: nn.Module, x: torch.Tensor, modules: Sequence[Any], *, inputs: bool = False,
            batch_size: int = 512) -> list[torch.Tensor]:
     """Run ``model`` on ``x`` and return the outputs (or inputs) of ``modules``, flattened to [N, D].
 
+    ``modules`` are eager modules (forward hooks) or :class:`GraphLayer` nodes (graph taps).
     Runs without gradients, in batches.
     """
+    graph = [i for i, m in enumerate(modules) if isinstance(m, GraphLayer)]
+    if graph:
+        eager = [i for i in range(len(modules)) if i not in graph]
+        res: list[torch.Tensor | None] = [None] * len(modules)
+        for i, t in zip(graph, record_graph(model, x, [modules[i] for i in graph], inputs=inputs,
+                                            batch_size=batch_size), strict=True):
+            res[i] = t
+        if eager:
+            for i, t in zip(eager, record(model, x, [modules[i] for i in eager], inputs=inputs,
+                                          batch_size=batch_size), strict=True):
+                res[i] = t
+        return res  # type: ignore[return-value]
     store: list[list[torch.Tensor]] = [[] for _ in modules]
 
     def hook(i: int):
