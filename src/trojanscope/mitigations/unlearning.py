@@ -73,13 +73,14 @@ class Unlearning(Mitigation):
         self.seed = seed
 
     def _repair(self, model, clean: ImageData, target, trigger: Trigger, test, true_trigger, progress):
-        if self.trigger_source == "reversed":
+        source = str(self.trigger_source).strip("'\"").lower()  # --set trigger_source=true parses as True
+        if source == "reversed":
             stamp = trigger
-        elif self.trigger_source == "true":
+        elif source == "true":
             if true_trigger is None:
                 raise InputError("trigger_source='true' needs apply(..., true_trigger=...)")
             stamp = true_trigger
-        elif self.trigger_source == "clean":
+        elif source == "clean":
             stamp = None
         else:
             raise InputError(f"unknown trigger_source {self.trigger_source!r}; use reversed, true or clean")
@@ -111,10 +112,17 @@ class Unlearning(Mitigation):
             if progress:
                 progress(row)
 
-        hist = train(training_view(model), replace(clean, x=x), epochs=epochs, lr=self.lr,
-                     batch_size=self.batch_size, optimizer=self.optimizer, seed=self.seed,
-                     step_progress=check, max_grad_norm=self.max_grad_norm)
+        try:
+            hist = train(training_view(model), replace(clean, x=x), epochs=epochs, lr=self.lr,
+                         batch_size=self.batch_size, optimizer=self.optimizer, seed=self.seed,
+                         step_progress=check, max_grad_norm=self.max_grad_norm)
+        except InputError as e:  # diverged: keep the last good check, if any (the budget decides)
+            if "diverged" not in str(e):
+                raise
+            hist = {"history": [{"diverged": True}]}
         set_mode(model, False)
+        if not checks:
+            return {"history": hist["history"], "checks": [], "lr": self.lr, "diverged": True}
         # early stopping: the check with the lowest reversed-trigger success within the budget
         ok = [i for i, c in enumerate(checks) if cta0 - c["val_cta"] <= self.max_cta_drop]
         pool = ok or list(range(len(checks)))

@@ -203,6 +203,8 @@ def load_model(path: str | Path, *, normalize: tuple[Sequence[float], Sequence[f
         net = net.to(resolve_device(device))
     metadata = dict(side)
     metadata.setdefault("file", path.name)
+    if getattr(net, "frozen_train_modes", None):  # a .pt2 exported in training mode (formats/pt2.py)
+        metadata["exported_in_training_mode"] = f"set to inference behaviour: {', '.join(net.frozen_train_modes)}"
     try:
         wrapped = wrap_model(net, mean=mean, std=std, num_classes=num_classes, in_shape=in_shape, arch=name,
                              metadata=metadata, forward_only=forward_only,

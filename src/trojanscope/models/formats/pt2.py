@@ -17,6 +17,7 @@ from ..._registry import register
 from .._archive import check_archive, check_graph_targets, no_code_unpickling
 from .._files import _export_in_shape, _guard
 from .._reproducible import fix_serialization_id
+from ..graph import freeze_modes
 from ._base import Loaded, LoadSpec, ModelFormat, SaveSpec, exportable, quiet_export
 
 
@@ -36,6 +37,9 @@ class ExportFormat(ModelFormat):
     def load(self, path: Path, spec: LoadSpec) -> Loaded:
         check_archive(path, "export")
         net = _guard(path, "a torch.export (.pt2) program", lambda: _load_export(path))
+        # a program exported in training mode would use batch statistics and overwrite its
+        # running statistics on every call (the load probe included): run it as inference
+        net.frozen_train_modes = freeze_modes(net)  # type: ignore[union-attr]
         return Loaded(net, spec.in_shape or _export_in_shape(net), spec.arch if spec.side else "torch.export")
 
 
