@@ -695,8 +695,8 @@ class RepairReport:
 
     @property
     def exit_code(self) -> int:
-        """0: a repair that ran is a success (its numbers say how well)."""
-        return 0
+        """The repair's verdict (docs/repair.md): 0 repaired, 1 backdoor still works, 3 refused."""
+        return {"repaired": 0, "ineffective": 1}.get(getattr(self.result, "verdict", "repaired"), 3)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document of a repair."""
