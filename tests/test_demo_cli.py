@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 
 from typer.testing import CliRunner
 
@@ -27,7 +29,16 @@ def test_demo_end_to_end(tmp_path):
     assert any(s["method"] == "lred_perceptible" and "experimental" in s["why"] for s in rep["skipped"])
     assert {r["method"] for r in rep["mitigations"]} == {"filter", "prune", "unlearn"}
     assert all(r["asr_true_after"] < 0.3 for r in rep["mitigations"])
-    assert (tmp_path / "report.html").stat().st_size > 10_000
+    page = tmp_path / "report.html"
+    text = page.read_text()
+    assert page.stat().st_size > 10_000 and 'id="verdict"' in text
+    # the reversed trigger of the flagged target, stamped on clean images, predictions before/after
+    assert f"The reversed trigger of class {rep['demo']['target']}" in text and "model: " in text
+    if shutil.which("chromium") or os.environ.get("CI", "").lower() == "true":
+        from test_report_browser import layout  # the demo's page is the first report users see
+
+        got = layout(page, tmp_path, 700)
+        assert got["broken_images"] == 0 and got["n_overflow"] == 0, got["overflow"]
 
 
 def test_mitigate_cli_repairs_and_writes_pt2(tmp_path, backdoor):

@@ -296,3 +296,17 @@ def test_banner_for_clean_and_inconclusive(verdict, colour_class, shown):
         assert "try --normalize imagenet" in banner.group(3)
     # no confident trigger claim: the candidate is shown as such
     assert "most suspicious candidate trigger" in text and "not flagged" in text
+
+
+def test_unwritable_outputs_are_clear_errors(tmp_path):
+    from trojanscope.errors import InputError
+    from trojanscope.report.outputs import write_scan_outputs
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    rep = _report([_nc(True)])
+    for kw in ({"triggers_dir": blocker / "triggers"}, {"json_path": blocker / "r.json"},
+               {"html_path": blocker / "r.html"}):
+        with pytest.raises(InputError, match="cannot write"):
+            write_scan_outputs(rep, model=_CornerModel(), clean=_corner_data(), **kw)
+    assert blocker.read_text() == "x"

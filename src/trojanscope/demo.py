@@ -21,6 +21,7 @@ from .metrics import accuracy, attack_success_rate, roc_auc
 from .models import create_model
 from .report.html import write_html
 from .report.json_report import SCHEMA, write_json
+from .report.prep import trigger_examples
 from .train import train
 from .utils import to_jsonable, versions
 
@@ -148,7 +149,10 @@ def run_demo(out_dir: str | Path = "trojanscope-demo", *, seed: int = 0, log: Lo
     report["seconds"] = time.perf_counter() - t0
     report = to_jsonable(report)
     write_json(out_dir / "report.json", report)
+    # the report shows the reversed trigger stamped on clean images (the model's predictions
+    # before/after are computed here, the renderer only draws them)
+    examples = trigger_examples(models["backdoored"], clean_ref, scans["backdoored"], seed=seed)
     write_html(out_dir / "report.html", "demo: backdoored small_cnn", scans["backdoored"],
-               extra_sections={"demo": report})
+               extra_sections={"demo": report}, examples=examples)
     report["html"] = str(out_dir / "report.html")
     return report

@@ -8,12 +8,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..data import ImageData
+from ..errors import InputError
 from ..workflows import ScanReport
 from .html import write_scan_html
 from .json_report import scan_report, write_json
@@ -46,9 +49,22 @@ def write_scan_outputs(report: ScanReport, *, model: torch.nn.Module, clean: Ima
                                     target=v.target if v.verdict == "backdoored" else None, seed=seed)
     d = scan_report(report, examples)
     if triggers_dir is not None:
-        d["trigger_files"] = [str(p) for p in save_triggers(report.results, triggers_dir)]
+        with _writing(triggers_dir):
+            d["trigger_files"] = [str(p) for p in save_triggers(report.results, triggers_dir)]
     if json_path is not None:
-        write_json(json_path, d)
+        with _writing(json_path):
+            write_json(json_path, d)
     if html_path is not None:
-        write_scan_html(html_path, report, examples, title=title)
+        with _writing(html_path):
+            write_scan_html(html_path, report, examples, title=title)
     return d
+
+
+@contextmanager
+def _writing(path: str | Path) -> Iterator[None]:
+    """An output that cannot be written (a folder that is a file, no permission, disk full) is
+    a clear error, not a traceback."""
+    try:
+        yield
+    except OSError as e:
+        raise InputError(f"cannot write {path}: {e.strerror or e}") from None
