@@ -134,13 +134,25 @@ def load_zoo_model(path: Path, row: dict[str, Any] | None = None) -> nn.Module:
     """Rebuild a zoo model from its file (weights only, never unpickles)."""
     from safetensors.torch import load_file
 
-    from ..models import create_model
+    from ..models._files import _build, _load_state
+    from ..models._sidecar import validate_sidecar
+    from ..models.io import check_finite_weights
 
     row = row or read_row(Path(path))
     if row is None or not Path(path).is_file():
         raise ModelFileError(f"{path} is missing or not a zoo model file")
-    model = create_model(row["arch"], row["num_classes"], tuple(row["in_shape"]))
-    model.load_state_dict(load_file(str(path)))
+    # a zoo folder may come from someone else: the row is validated like a sidecar, the network
+    # is built on the meta device until the weights fit it, and NaN/Inf weights are refused
+    side = validate_sidecar({k: row.get(k) for k in ("arch", "num_classes", "in_shape")},
+                            Path(path).with_suffix(".json").name)
+    p = Path(path)
+    try:
+        state = load_file(str(p))
+    except Exception as e:
+        raise ModelFileError(f"{p.name} is not a readable safetensors file: {type(e).__name__}: {e}") from e
+    model = _build(p, None, side["arch"], side["num_classes"], side["in_shape"], None)
+    _load_state(model, state, p, side)
+    check_finite_weights(model, p.name)
     return model.eval()
 
 
