@@ -262,3 +262,11 @@ def test_no_source_file_asks_for_unrestricted_unpickling():
         if re.search(r"weights_only\s*=\s*False", text) or re.search(r"pickle\.loads?\(", text):
             bad.append(f.name)
     assert not bad, bad
+
+
+def test_truncated_torchscript_storage_is_refused_not_a_crash(base, tmp_path):
+    """Found by bench/fuzz.py: a TorchScript archive whose data/0 record is shorter than the tensor
+    made torch.jit.load crash the interpreter (SIGSEGV); the archive check refuses it first."""
+    p = rewrite_zip(base / "base.pt", tmp_path / "short.pt", {"data/0": b""})
+    with pytest.raises(ModelFileError, match="truncated"):
+        load_model(p, in_shape=SHAPE)

@@ -166,9 +166,14 @@ def check_archive(path: Path, kind: str) -> None:
             raise _refuse(path, f"member {name!r} cannot be read (corrupt?): {_first_line(e)}") from e
 
     if kind == "torchscript":
+        sizes = _record_sizes(path)
         for name in records:
             if name.endswith(".pkl") or name.endswith(".debug_pkl"):
-                _check_torchscript_pickle(path, name, read(name))
+                storages = _check_torchscript_pickle(path, name, read(name))
+                # the pickles torch.jit.load reads; traced_inputs.pkl keeps empty records by design
+                folder = name[: -len(".pkl")] if name in ("data.pkl", "constants.pkl") else None
+                for dtype_name, key, numel in storages if folder else ():
+                    _check_storage(path, f"{folder}/{key}", dtype_name, numel, sizes)
             elif name.startswith("code/") and name.endswith(".py"):
                 text = read(name).decode("utf-8", "replace")
                 for op in _DENIED_OPS:
@@ -302,10 +307,80 @@ def _pickle_errors() -> tuple[type[BaseException], ...]:
     return (pickle.UnpicklingError,)
 
 
-def _check_torchscript_pickle(path: Path, member: str, data: bytes) -> None:
-    """Static scan (nothing is executed) of a pickle read by TorchScript's C++ unpickler."""
+def _record_sizes(path: Path) -> dict[str, int]:
+    """Declared sizes of the members, by torch's record name (without the top folder)."""
+    with zipfile.ZipFile(path) as z:
+        return {i.filename.split("/", 1)[1] if "/" in i.filename else i.filename: int(i.file_size)
+                for i in z.infolist()}
+
+
+_ITEMSIZE = {"FloatStorage": 4, "DoubleStorage": 8, "HalfStorage": 2, "BFloat16Storage": 2, "LongStorage": 8,
+             "IntStorage": 4, "ShortStorage": 2, "CharStorage": 1, "ByteStorage": 1, "BoolStorage": 1,
+             "ComplexFloatStorage": 8, "ComplexDoubleStorage": 16, "QInt8Storage": 1, "QUInt8Storage": 1,
+             "QInt32Storage": 4, "QUInt4x2Storage": 1, "QUInt2x4Storage": 1}
+
+
+def _check_storage(path: Path, record: str, dtype_name: str, numel: Any, sizes: dict[str, int]) -> None:
+    """A storage a TorchScript pickle refers to must exist and hold its bytes: TorchScript's C++
+    reader does not check, and a short record crashed the interpreter (SIGSEGV, found by fuzzing)."""
+    itemsize = _ITEMSIZE.get(dtype_name)
+    if itemsize is None:
+        raise _refuse(path, f"{record} has the unknown storage type {dtype_name!r}")
+    if not isinstance(numel, int) or numel < 0:
+        raise _refuse(path, f"{record} has an invalid element count {numel!r}")
+    if record not in sizes:
+        raise _refuse(path, f"the storage {record!r} is missing from the archive")
+    if sizes[record] < numel * itemsize:
+        raise _refuse(path, f"the storage {record!r} holds {sizes[record]} bytes but needs {numel * itemsize} "
+                            "(truncated?)")
+
+
+def _check_torchscript_pickle(path: Path, member: str, data: bytes) -> list[tuple[str, str, Any]]:
+    """Static scan (nothing is executed) of a pickle read by TorchScript's C++ unpickler.
+
+    Returns the storages it refers to as (storage type, record key, element count), from a light
+    emulation of the stack (strings, ints, globals, memo, MARK/TUPLE) around BINPERSID.
+    """
+    tokens: list[Any] = []
+    marks: list[int] = []
+    memo: dict[int, Any] = {}
+    storages: list[tuple[str, str, Any]] = []
+    scalar_ops = {"BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8", "UNICODE", "BININT", "BININT1", "BININT2",
+                  "LONG1", "INT", "LONG", "BINSTRING", "SHORT_BINSTRING"}
     try:
         for op, arg, _ in pickletools.genops(data):
+            name = op.name
+            if name in scalar_ops:
+                tokens.append(arg)
+            elif name == "GLOBAL":
+                tokens.append(("global", str(arg)))
+            elif name in ("BINPUT", "LONG_BINPUT", "PUT"):
+                memo[int(arg)] = tokens[-1] if tokens else None
+            elif name == "MEMOIZE":
+                memo[len(memo)] = tokens[-1] if tokens else None
+            elif name in ("BINGET", "LONG_BINGET", "GET"):
+                tokens.append(memo.get(int(arg)))
+            elif name == "MARK":
+                marks.append(len(tokens))
+            elif name == "TUPLE" and marks:
+                start = marks.pop()
+                items = tuple(tokens[start:])
+                del tokens[start:]
+                tokens.append(("tuple", items))
+            elif name == "BINPERSID":
+                pid = tokens[-1] if tokens else None
+                items = pid[1] if isinstance(pid, tuple) and pid and pid[0] == "tuple" else ()
+                if len(items) >= 5 and items[0] == "storage":
+                    g = items[1]
+                    gname = g[1].split(" ", 1)[-1] if isinstance(g, tuple) and g and g[0] == "global" else ""
+                    storages.append((gname, str(items[2]), items[4]))
+                else:
+                    raise _refuse(path, f"member {member!r} has a persistent id that is not a storage")
+            elif name in ("APPENDS", "SETITEMS", "DICT", "LIST", "FROZENSET", "ADDITEMS", "OBJ", "INST") and marks:
+                start = marks.pop()
+                del tokens[start:]
+                tokens.append(("container",))
+
             if op.name in ("INST", "OBJ", "STACK_GLOBAL", "EXT1", "EXT2", "EXT4"):
                 raise _refuse(path, f"member {member!r} uses the pickle opcode {op.name}, which "
                                     "TorchScript never writes")
@@ -318,6 +393,7 @@ def _check_torchscript_pickle(path: Path, member: str, data: bytes) -> None:
         raise
     except Exception as e:  # ValueError and friends from a malformed stream
         raise _refuse(path, f"member {member!r} is not a valid pickle (corrupt?): {_first_line(e)}") from e
+    return storages
 
 
 def check_graph_targets(path: Path, module: torch.nn.Module) -> None:

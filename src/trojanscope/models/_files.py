@@ -269,11 +269,16 @@ class _OnnxModule(nn.Module):
         except Exception as e:
             raise ModelFileError(f"{path.name} could not be read as an ONNX model (corrupt or truncated?): "
                                  f"{_first_line(e)}") from e
-        inputs = self._session.get_inputs()
+        try:  # the graph's metadata is the file's too: a damaged name is not valid UTF-8
+            inputs = self._session.get_inputs()
+            names = [i.name for i in inputs]
+            dims = inputs[0].shape if inputs else []
+        except Exception as e:
+            raise ModelFileError(f"{path.name} could not be read as an ONNX model (corrupt?): "
+                                 f"{type(e).__name__}: {_first_line(e)}") from e
         if len(inputs) != 1:
             raise ModelFileError(f"{path.name} has {len(inputs)} inputs; trojanscope needs one image input")
-        self._input = inputs[0].name
-        dims = inputs[0].shape
+        self._input = names[0]
         self.in_shape = (tuple(int(d) for d in dims[1:]) if len(dims) == 4 and all(isinstance(d, int)
                          for d in dims[1:]) else None)
 
