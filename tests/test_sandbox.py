@@ -139,23 +139,33 @@ def test_spawn_start_gives_the_same_result():
     assert run_isolated(describe_bytes, {"n": 3 * GiB}, timeout=120, start="spawn") == "3 GiB"
 
 
-def test_auto_start_spawns_once_this_process_has_started_threads(tmp_path, monkeypatch):
-    import threading
+_AUTO_PROBE = """
+import json, sys, threading
+import torch
+from trojanscope.sandbox import run_isolated
+import where_am_i
+from where_am_i import forked
 
-    (tmp_path / "where_am_i.py").write_text("import sys\n\ndef forked():\n    return 'pytest' in sys.modules\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv("PYTHONPATH", SRC + os.pathsep + str(tmp_path))
-    from where_am_i import forked
+where_am_i.MARK = True  # a forked child inherits it, a spawned one starts afresh
+stop = threading.Event()
+threading.Thread(target=stop.wait).start()  # a Python thread (the CLI's exit watchdog): fork is fine
+res = [run_isolated(forked, {}, timeout=120)]
+torch.set_num_threads(2)
+x = torch.rand(4_000_000)
+(x * 2 + 1).sum()  # torch's OpenMP pool starts: a forked child would hang, so auto spawns
+res.append(run_isolated(forked, {}, timeout=120))
+stop.set()
+print(json.dumps(res))
+"""
 
-    stop = threading.Event()
-    t = threading.Thread(target=stop.wait)  # like an OpenMP pool started after the import
-    t.start()
-    try:
-        assert run_isolated(forked, {}, timeout=120) is False  # spawned: a fresh interpreter
-    finally:
-        stop.set()
-        t.join()
-    assert run_isolated(forked, {}, timeout=120, start="fork") is True
+
+def test_auto_start_spawns_once_openmp_has_started(tmp_path):
+    (tmp_path / "where_am_i.py").write_text("MARK = False\n\ndef forked():\n    return MARK\n")
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + str(tmp_path)}
+    r = subprocess.run([sys.executable, "-c", _AUTO_PROBE], capture_output=True, text=True, env=env,
+                       timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == [True, False]
 
 
 def _raise(kind):
@@ -253,6 +263,8 @@ def test_a_huge_allocation_is_a_clean_memory_error(models):
 def test_a_looping_model_is_killed_after_the_timeout(models):
     p = _cli("evaluate", str(models["loop"]), "--data", "digits", "--device", "cpu", "--timeout", "3")
     child, t_fork = _wait_for_child(p)
+    # forked (milliseconds), not spawned (a new interpreter importing torch): same command line
+    assert b"evaluate" in Path(f"/proc/{child}/cmdline").read_bytes()
     out, err = p.communicate(timeout=120)
     elapsed = time.monotonic() - t_fork
     assert p.returncode == 2
@@ -277,3 +289,15 @@ def test_sigterm_ends_a_stuck_forward_within_5_s(models, isolated):
     assert "Traceback" not in err and err.strip() == "interrupted"
     if isolated:
         assert not _alive(child)
+
+
+def _garble():
+    os.write(sys.stdout._chan.fd, b"this is not JSON\n")  # what a subverted worker might send
+    time.sleep(60)
+
+
+def test_a_malformed_message_stops_the_worker():
+    t = time.monotonic()
+    with pytest.raises(SandboxError, match="malformed message"):
+        run_isolated(_garble, {}, timeout=60, start="fork")
+    assert time.monotonic() - t < 10

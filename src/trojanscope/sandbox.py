@@ -76,15 +76,18 @@ def _thread_ids() -> set[str] | None:
         return None
 
 
-# threads of this process when the module was imported (the CLI imports it before any work): a
-# thread started since may belong to GNU OpenMP's pool, which would hang a forked child
+# threads of this process when the module was imported (the CLI imports it before any work). A
+# native thread started since (not a Python thread) may belong to GNU OpenMP's pool, which would
+# hang a forked child; Python's own threads simply do not exist in the child.
 _BASELINE_THREADS = _thread_ids()
 
 
 def _fork_is_safe() -> bool:
     now = _thread_ids()
-    return (sys.platform.startswith("linux") and now is not None and _BASELINE_THREADS is not None
-            and now <= _BASELINE_THREADS)
+    if not sys.platform.startswith("linux") or now is None or _BASELINE_THREADS is None:
+        return False
+    python_threads = {str(t.native_id) for t in threading.enumerate()}
+    return not (now - _BASELINE_THREADS - python_threads)
 
 
 class SandboxError(TrojanscopeError):
@@ -464,8 +467,8 @@ def run_isolated(fn: Callable[..., Any], kwargs: dict[str, Any] | None = None, *
         max_memory: memory limit in bytes (None: :func:`default_max_memory`; 0: none).
         progress: when given, ``fn`` gets a ``progress`` callback whose dicts reach this one.
         start: ``"fork"``, ``"spawn"`` or ``"auto"`` (``$TROJANSCOPE_SANDBOX_START``, else fork on
-            Linux unless this process has started threads since it imported this module, as
-            torch's OpenMP pool does: those do not survive a fork).
+            Linux unless this process has started native threads since it imported this module,
+            as torch's OpenMP pool does: those do not survive a fork).
         limit_kind: ``"as"`` (RLIMIT_AS, address space) or ``"data"`` (RLIMIT_DATA, for CUDA).
         what: how the error messages name the work (``"the model"``, ``"model.pt"``).
 
@@ -505,8 +508,9 @@ def run_isolated(fn: Callable[..., Any], kwargs: dict[str, Any] | None = None, *
                 stdin=subprocess.PIPE, env=env, pass_fds=(wfd,), start_new_session=True)
             pid = proc.pid
             assert proc.stdin is not None
-            proc.stdin.write(json.dumps(spec).encode())
-            proc.stdin.close()
+            with contextlib.suppress(BrokenPipeError):  # it died at once: _wait says how
+                proc.stdin.write(json.dumps(spec).encode())
+                proc.stdin.close()
         else:
             raise ValueError(f"start must be fork, spawn or auto, not {start!r}")
     finally:
@@ -556,7 +560,14 @@ def _wait(pid: int, rfd: int, timeout: float | None, max_memory: int,
             while (nl := buf.find(b"\n")) >= 0:
                 line = bytes(buf[:nl])
                 del buf[:nl + 1]
-                msg = json.loads(line)
+                try:
+                    msg = json.loads(line)
+                except ValueError:
+                    msg = None
+                if not isinstance(msg, dict):
+                    _kill_group(pid, 0.0)
+                    status = -1
+                    raise SandboxError(f"the worker running {what} sent a malformed message")
                 if "out" in msg:
                     _emit(sys.stdout, str(msg["out"]))
                 elif "err" in msg:
