@@ -103,7 +103,9 @@ def test_probability_output_model_is_not_judged(backdoor):
     r = _scan(probs)
     assert not r.backdoored and r.target is None
     assert "logits" in r.extra["inconclusive"]
-    from trojanscope.models import wrap_model  # a loaded model file: the log sits inside the wrapper
+    from trojanscope.models import (
+        wrap_model,  # a loaded model file: the log sits inside the wrapper
+    )
 
     wrapped = wrap_model(probs, num_classes=10, in_shape=SHAPE)
     assert "logits" in _scan(wrapped).extra["inconclusive"]
