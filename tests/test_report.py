@@ -310,3 +310,27 @@ def test_unwritable_outputs_are_clear_errors(tmp_path):
         with pytest.raises(InputError, match="cannot write"):
             write_scan_outputs(rep, model=_CornerModel(), clean=_corner_data(), **kw)
     assert blocker.read_text() == "x"
+
+
+def test_sanity_gate_failure_renders_and_validates(tmp_path):
+    from trojanscope.combine import CombinedVerdict
+    from trojanscope.report.html import write_scan_html
+    from trojanscope.report.outputs import write_scan_outputs
+    from trojanscope.workflows import MethodRun, SanityCheck, ScanReport
+
+    gate = SanityCheck(passed=False, accuracy=0.26, n_images=200, chance=0.1, min_accuracy=0.5,
+                       reason="the model classifies 26% of the scan images correctly",
+                       hint="the images fit the ImageNet mean/std convention: --normalize imagenet")
+    rep = ScanReport(CombinedVerdict("inconclusive", None, "cauchy", 0.05, reason=gate.reason, hint=gate.hint),
+                     gate, [MethodRun("neural_cleanse", "skipped", why="not run: the model failed the sanity gate")],
+                     model={"path": "m.safetensors"}, data={"name": "digits", "n_images": 200},
+                     parameters={}, timings={})
+    d = write_scan_outputs(rep, model=_CornerModel(), clean=_corner_data(), json_path=tmp_path / "r.json",
+                           html_path=tmp_path / "r.html")
+    validate(json.loads((tmp_path / "r.json").read_text()))
+    assert d["trigger_effect"] is None and d["verdict"]["exit_code"] == 3
+    text = (tmp_path / "r.html").read_text()
+    assert 'data-verdict="inconclusive"' in text and "--normalize imagenet" in text
+    assert "model accuracy on them 26%" in text and "not run: the model failed the sanity gate" in text
+    assert "The reversed trigger" not in text and "<h2>Methods</h2>" not in text
+    assert write_scan_html(tmp_path / "r2.html", rep).read_text().count('id="verdict"') == 1
