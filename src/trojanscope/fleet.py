@@ -60,7 +60,8 @@ class FleetJob:
 
     def command(self, model: Path, json_out: Path, html_out: Path) -> list[str]:
         cmd = [sys.executable, "-m", "trojanscope", "scan", str(model), "--data", self.data,
-               "--json", str(json_out), "--html", str(html_out), "--seed", str(self.seed)]
+               "--json", str(json_out), "--html", str(html_out), "--seed", str(self.seed),
+               "--timeout", f"{self.timeout:g}"]  # the scan's isolated worker is stopped in time
         if self.data_dir:
             cmd += ["--data-dir", self.data_dir]
         if self.method:

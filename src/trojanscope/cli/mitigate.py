@@ -183,4 +183,6 @@ def write_and_check(mit, res, out_path: Path, model_path: Path, test, true_trigg
 
 
 def register(app: typer.Typer) -> None:
-    app.command("mitigate")(mitigate)
+    from ._isolate import DEFAULT_TIMEOUTS, isolated
+
+    app.command("mitigate")(isolated(mitigate, timeout=DEFAULT_TIMEOUTS["mitigate"], name="mitigate"))

@@ -164,4 +164,6 @@ def scan(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("scan")(scan)
+    from ._isolate import DEFAULT_TIMEOUTS, isolated
+
+    app.command("scan")(isolated(scan, timeout=DEFAULT_TIMEOUTS["scan"], name="scan"))
