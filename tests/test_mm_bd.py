@@ -101,7 +101,7 @@ def test_probability_output_model_is_not_judged(backdoor):
     judge instead of calling the backdoored model clean."""
     probs = nn.Sequential(copy.deepcopy(backdoor["backdoored"]), nn.Softmax(dim=1))
     r = _scan(probs)
-    assert not r.backdoored and r.target is None
+    assert not r.backdoored and r.target is None and r.p_value is None  # no valid p-value
     assert "logits" in r.extra["inconclusive"]
     from trojanscope.models import (
         wrap_model,  # a loaded model file: the log sits inside the wrapper
@@ -128,3 +128,30 @@ def test_data_free_scan_errors(backdoor):
         MMBD(optimizer="lbfgs").scan(model, in_shape=SHAPE)
     with pytest.raises(ts.InputError, match="at least 3 classes"):
         MMBD(**FAST).scan(nn.Sequential(nn.Flatten(), nn.Linear(256, 2)), in_shape=SHAPE)
+
+
+def test_scan_model_without_data_runs_only_data_free_methods(backdoor):
+    """The workflow behind `trojanscope scan --data none`: auto selects MM-BD (ULP needs a
+    file), the class count is probed, and the report says the sanity gate could not run."""
+    from trojanscope.workflows import scan_model
+
+    rep = scan_model(backdoor["backdoored"], None, "auto", params={"mm_bd": FAST},
+                     in_shape=SHAPE)
+    ran = [m.method for m in rep.methods if m.status == "ok"]
+    assert ran == ["mm_bd"]
+    assert {m.method for m in rep.methods if m.status == "skipped"} >= {"neural_cleanse", "lred", "ulp"}
+    assert rep.verdict.verdict == "backdoored" and rep.verdict.target == 0
+    assert rep.sanity is None
+    d = rep.to_dict()
+    assert "could not be measured" in d["data"]["sanity_gate"]
+    assert d["data"]["n_images"] == 0 and d["data"]["num_classes"] == 10
+    from trojanscope.report.schema import validate
+
+    validate(d)  # the shipped report schema accepts a data-free scan
+    plain = nn.Sequential(nn.Flatten(), nn.Linear(256, 10))
+    with pytest.raises(ts.InputError, match="in-shape"):
+        scan_model(plain, None, "auto")
+    with pytest.raises(ts.InputError, match="not the 43 given"):
+        scan_model(backdoor["backdoored"], None, "auto", in_shape=SHAPE, num_classes=43)
+    with pytest.raises(ts.InputError, match="cannot process"):
+        scan_model(backdoor["backdoored"], None, "auto", in_shape=(3, 16, 16))

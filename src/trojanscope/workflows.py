@@ -40,7 +40,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._runtime import CleanData, ProgressFn, as_image_data, check_model, frozen, prepared
+from ._runtime import (
+    CleanData,
+    ProgressFn,
+    as_image_data,
+    check_model,
+    frozen,
+    prepared,
+    probe_num_classes,
+)
 from .combine import CombinedVerdict, Evidence, combine_evidence
 from .data import ImageData
 from .errors import InputError, TrojanscopeError
@@ -453,13 +461,41 @@ class ScanReport:
                             "methods": [m.to_dict() for m in self.methods]})
 
 
+#: What a data-free scan report says about the sanity gate.
+NO_DATA_SANITY = ("not run: no clean data was given, so the model's accuracy on its task could not "
+                  "be measured (the data-free methods judge the model alone)")
+
+
+def _data_free_shape(model: nn.Module, in_shape: Sequence[int] | None, num_classes: int | None
+                     ) -> tuple[tuple[int, int, int], int]:
+    """(C, H, W) and the class count of a model scanned without data (a clear error when the
+    input shape is unknown or the model cannot take random images of it)."""
+    shape = in_shape if in_shape is not None else getattr(model, "in_shape", None)
+    if shape is None:
+        raise InputError("a scan without data needs the model's input shape: give --in-shape C,H,W "
+                         "(or in_shape=...), or a model file whose sidecar records in_shape")
+    try:
+        shape = tuple(int(v) for v in shape)
+    except (TypeError, ValueError):
+        raise InputError(f"in_shape must be three integers C,H,W, got {shape!r}") from None
+    if len(shape) != 3 or min(shape) < 1 or max(shape) > 4096:
+        raise InputError(f"in_shape must be three positive integers C,H,W, got {shape}")
+    probe = torch.rand((2, *shape), generator=torch.Generator().manual_seed(0)).to(model_device(model))
+    with frozen(model):
+        k = probe_num_classes(model, probe)
+    if num_classes is not None and k != num_classes:
+        raise InputError(f"the model returns {k} classes, not the {num_classes} given")
+    return shape, k  # type: ignore[return-value]
+
+
 def scan_model(model: nn.Module, clean: CleanData | None, methods: str | Sequence[str] = "auto", *,
                params: Mapping[str, Mapping[str, Any]] | None = None,
                reference: nn.Module | None = None, ulp: str | Path | None = None,
                alpha: float = 0.05, rule: str = "cauchy", seed: int = 0, sanity: bool = True,
                recorded_accuracy: float | None = None, model_path: str | Path | None = None,
                data_info: Mapping[str, Any] | None = None,
-               progress: ProgressFn | None = None) -> ScanReport:
+               progress: ProgressFn | None = None, in_shape: Sequence[int] | None = None,
+               num_classes: int | None = None) -> ScanReport:
     """Is ``model`` backdoored? Sanity gate, detectors, one combined verdict.
 
     Args:
@@ -481,6 +517,9 @@ def scan_model(model: nn.Module, clean: CleanData | None, methods: str | Sequenc
         data_info: extra entries of the report's ``data`` (dataset name, split, ...).
         progress: optional callback; receives dicts with ``"stage"`` (``"sanity"``, ``"method"``,
             ``"done"``) and, while a method runs, its own progress dicts with ``"method"`` added.
+        in_shape: (C, H, W) for a scan without data (default: the model's ``in_shape``).
+        num_classes: without data, the class count the model must return (default: probed
+            from its output).
 
     Raises:
         InputError: unknown methods or parameters, a model that cannot take the images, or an
@@ -495,12 +534,15 @@ def scan_model(model: nn.Module, clean: CleanData | None, methods: str | Sequenc
         recorded_accuracy = mdesc["sidecar"]["accuracy"]
     data = None if clean is None else as_image_data(clean)
     k = None
+    shape = None
     if data is not None:
         k = prepared(model, data).num_classes
+    else:  # data-free: the input shape is given or recorded, the class count is probed
+        shape, k = _data_free_shape(model, in_shape, num_classes)
     ctx: dict[str, Any] = {
         "gradients": not bool(getattr(model, "forward_only", False)), "data": data is not None,
         "reference": reference, "ulp": None if ulp is None else str(ulp),
-        "in_shape": tuple(data.in_shape) if data is not None else getattr(model, "in_shape", None),
+        "in_shape": tuple(data.in_shape) if data is not None else shape,
         "num_classes": k if k is not None else getattr(model, "num_classes", None),
     }
     names, skipped = select_methods(methods, ctx)
@@ -527,6 +569,8 @@ def scan_model(model: nn.Module, clean: CleanData | None, methods: str | Sequenc
                   "unused_settings": sorted(set(params or {}) - set(names))}
     timings: dict[str, Any] = {"sanity": 0.0, "methods": {}, "total": 0.0}
     dinfo = describe_data(data, **dict(data_info or {}))
+    if data is None:
+        dinfo.update(in_shape=list(shape), num_classes=k, sanity_gate=NO_DATA_SANITY)
     runs: list[MethodRun] = [MethodRun(s["method"], "skipped", why=s["why"]) for s in skipped]
 
     gate = None
@@ -550,7 +594,7 @@ def scan_model(model: nn.Module, clean: CleanData | None, methods: str | Sequenc
             _emit(progress, **{**p, "method": name})
 
         try:
-            r = det.scan(model, data, progress=inner if progress else None)
+            r = det.scan(model, data, progress=inner if progress else None, in_shape=shape)
         except TrojanscopeError as e:
             if not auto:
                 raise InputError(f"{name}: {e}") from None

@@ -198,13 +198,13 @@ class MMBD(ModelDetector):
             backdoored = False
         return ScanResult(
             method="mm_bd", backdoored=backdoored, target=t_hat if backdoored else None,
-            statistic=float(r[t_hat]), p_value=p, threshold=self.theta,
+            statistic=float(r[t_hat]), p_value=None if why else p, threshold=self.theta,
             statistic_key="max_margin", threshold_on="p_value",
             per_class={"max_margin": r.tolist(),
                        "median_margin_over_starts": est["margin_per_start"].median(1).values.tolist()},
             trigger={"max_margin_input": est["x"]},
             extra={"statistic": "r_max = max_k max_x z_k(x) - max_{j!=k} z_j(x), x in [0,1]^D",
-                   "candidate_target": t_hat,
+                   "candidate_target": t_hat, "gamma_p_value": p,
                    "neg_log10_p": (-math.log10(p) if p > 0 else math.inf),
                    "gamma_shape": test["shape"], "gamma_scale": test["scale"],
                    "gamma_fit": "mle_floc0", "nonpositive_margins": nonpos,
