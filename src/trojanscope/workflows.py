@@ -468,8 +468,10 @@ NO_DATA_SANITY = ("not run: no clean data was given, so the model's accuracy on 
 
 def _data_free_shape(model: nn.Module, in_shape: Sequence[int] | None, num_classes: int | None
                      ) -> tuple[tuple[int, int, int], int]:
-    """(C, H, W) and the class count of a model scanned without data (a clear error when the
-    input shape is unknown or the model cannot take random images of it)."""
+    """(C, H, W) and the class count of a model scanned without data.
+
+    A clear error when the input shape is unknown or the model cannot take random images of it.
+    """
     shape = in_shape if in_shape is not None else getattr(model, "in_shape", None)
     if shape is None:
         raise InputError("a scan without data needs the model's input shape: give --in-shape C,H,W "
