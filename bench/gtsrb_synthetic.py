@@ -120,6 +120,8 @@ def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--restarts", type=int, default=10, help="MM-BD random starts per class")
     p.add_argument("--steps", type=int, default=100, help="MM-BD ascent steps")
+    p.add_argument("--via", choices=("cli", "library"), default="cli",
+                   help="scan through the CLI (default) or workflows.scan_model in this process")
     args = p.parse_args()
     torch.set_num_threads(args.threads or 1)
     folder = CACHE / "gtsrb_synth"
@@ -135,21 +137,34 @@ def main() -> None:
         cmd += ["--set", f"mm_bd.restarts={args.restarts}", "--set", f"mm_bd.steps={args.steps}"]
         env = {**os.environ, "PYTHONPATH": str(BENCH.parent / "src"), "OMP_NUM_THREADS": "1"}
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
+        if args.via == "cli":
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
+            doc = json.loads(report.read_text()) if report.is_file() else None
+        else:  # what the CLI runs, in this process: the loaded file, no data
+            from trojanscope.models import load_model
+            from trojanscope.workflows import scan_model
+
+            rep = scan_model(load_model(path), None, "auto", seed=args.seed, model_path=str(path),
+                             params={"mm_bd": {"restarts": args.restarts, "steps": args.steps}})
+            doc = rep.to_dict()
+            cmd = ["workflows.scan_model(load_model(MODEL), None, 'auto')"]
+            proc = subprocess.CompletedProcess(cmd, rep.verdict.exit_code if hasattr(rep.verdict, "exit_code")
+                                               else None, stdout=json.dumps(doc["verdict"], default=str),
+                                               stderr="")
         wall = time.perf_counter() - t0
-        doc = json.loads(report.read_text()) if report.is_file() else None
-        scans = (doc or {}).get("results") or (doc or {}).get("scans") or []
-        mm = next((s for s in scans if s.get("method") == "mm_bd"), None)
+        runs = (doc or {}).get("methods") or []
+        mm = next((m.get("result") for m in runs if m.get("method") == "mm_bd" and m.get("result")), None)
         rows[kind] = {"model": {k: info.get(k) for k in ("name", "cta", "asr", "attack", "epochs", "dataset")},
                       "true_target": TARGET if kind == "patch" else None,
                       "command": " ".join(Path(c).name if c == sys.executable else c for c in cmd),
+                      "verdict": (doc or {}).get("verdict"), "data": (doc or {}).get("data"),
                       "exit_code": proc.returncode, "wall_seconds": wall,
                       "stdout_tail": proc.stdout[-1500:], "stderr_tail": proc.stderr[-800:],
                       "mm_bd": None if mm is None else {k: mm.get(k) for k in
                                                         ("backdoored", "target", "p_value", "statistic", "seconds")}}
         print(kind, proc.returncode, f"{wall:.0f}s", rows[kind]["mm_bd"], flush=True)
         print(proc.stdout[-1500:], proc.stderr[-800:], flush=True)
-    write_result("gtsrb_synthetic_mm_bd", {"classes": K, "in_shape": [3, SIDE, SIDE],
+    write_result("gtsrb_synthetic_mm_bd", {"classes": K, "via": args.via, "in_shape": [3, SIDE, SIDE],
                                            "class_specs": [[SHAPES[s], COLOURS[c], GLYPHS[g]]
                                                            for s, c, g in class_specs()],
                                            "models": rows})
