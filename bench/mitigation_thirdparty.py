@@ -89,7 +89,10 @@ def main() -> None:
     mask, pattern = TRIGGER.mask_pattern((1, 28, 28))
     scan = ts.ScanResult(method="given (true trigger)", backdoored=True, target=TARGET,
                          trigger={"mask": mask, "pattern": pattern})
-    clean = tr.subset(torch.arange(a.train_images, len(tr))).clean_subset(a.n_per_class, seed=0)
+    # the defender's clean images: from the training images the model did not see when there are
+    # any, otherwise from the (clean) training set (Neural Cleanse: 10% of the training data)
+    pool = tr.subset(torch.arange(a.train_images, len(tr))) if a.train_images < len(tr) else tr
+    clean = pool.clean_subset(a.n_per_class, seed=0)
     rows = []
     for fmt in a.formats.split(","):
         path, kw = files[fmt]
@@ -121,7 +124,8 @@ def main() -> None:
         pt2["asr_true_after"] < 0.05 and pt2["cta_after"] >= 0.96 and pt2.get("reloaded.pt2")
         and abs(pt2["reloaded.pt2"]["cta"] - pt2["cta_after"]) < 0.005
         and abs(pt2["reloaded.pt2"]["asr_true"] - pt2["asr_true_after"]) < 0.005)
-    path = write_result("mitigation_thirdparty", {"model": model_info, "n_per_class": a.n_per_class,
+    path = write_result("mitigation_thirdparty", {"model": model_info, "train_images": a.train_images,
+                                                   "n_per_class": a.n_per_class,
                                                    "test_images": a.test_images, "rows": rows,
                                                    "goal_pt2_unlearn_met": goal})
     print(f"wrote {path}; goal met: {goal}", file=sys.stderr)
