@@ -96,6 +96,8 @@ def test_verdict_clean_and_inconclusive():
     # one method significant alone, not after combination: the evidence is split
     split = combine_evidence([Evidence("a", 0.03, target=2), Evidence("b", 0.99), Evidence("c", 0.9)])
     assert split.verdict == "inconclusive" and split.exit_code == 3 and "split" in split.reason
+    # a method flagging by its own rule (NC: index > 2) without calibrated significance
+    assert combine_evidence([Evidence("a", 0.16, target=1, flagged=True)]).verdict == "inconclusive"
     # a method that could not run makes "clean" inconclusive
     assert combine_evidence([Evidence("a", 0.4)], failed=["b"]).verdict == "inconclusive"
     # nothing to combine

@@ -28,8 +28,8 @@ def test_scan_flags_backdoored_file_and_writes_reports(model_file, tmp_path, bac
     js, page, trig = tmp_path / "out.json", tmp_path / "out.html", tmp_path / "triggers"
     res = CliRunner().invoke(app, ["scan", str(model_file), "--data", "digits", "--method", "neural_cleanse",
                                    "--n-per-class", "20", "--device", "cpu", "--json", str(js),
-                                   "--html", str(page), "--save-triggers", str(trig), *QUICK])
-    assert res.exit_code == 0, res.output
+                                   "--html", str(page), "--save-triggers", str(trig), "--alpha", "0.1", *QUICK])
+    assert res.exit_code == 1, res.output  # 1 = backdoored
     assert "BACKDOORED" in res.output and "neural_cleanse" in res.output
     d = json.loads(js.read_text())
     validate(d)  # the shipped JSON Schema
@@ -37,7 +37,7 @@ def test_scan_flags_backdoored_file_and_writes_reports(model_file, tmp_path, bac
     (m,) = d["methods"]
     r = m["result"]
     assert m["status"] == "ok" and r["method"] == "neural_cleanse" and r["backdoored"] is True and r["target"] == backdoor["target"]
-    assert r["statistic"] > 2 and 0 < r["p_value"] <= 1 and r["seconds"] > 0 and r["sources"] == []
+    assert r["statistic"] > 2 and 0 < r["p_value"] < 0.1 and r["seconds"] > 0 and r["sources"] == []
     assert r["params"]["epochs"] == 60 and r["params"]["init_cost"] == 0.01 and r["params"]["seed"] == 0
     # the combined verdict is the calibrated one (trojanscope.combine); the report carries it
     v = d["verdict"]
@@ -63,7 +63,7 @@ def test_experimental_method_warns_and_is_marked(model_file, tmp_path):
     js = tmp_path / "out.json"
     res = CliRunner().invoke(app, ["scan", str(model_file), "--data", "digits", "--method", "lred_perceptible",
                                    "--n-per-class", "4", "--set", "lred_perceptible.steps=5", "--json", str(js)])
-    assert res.exit_code == 0, res.output
+    assert res.exit_code in (0, 1, 3), res.output
     assert "lred_perceptible is experimental" in res.output
     d = json.loads(js.read_text())
     validate(d)
@@ -73,10 +73,11 @@ def test_experimental_method_warns_and_is_marked(model_file, tmp_path):
 
 @pytest.mark.parametrize("args, err, msg", [
     (["--method", "no_such"], InputError, "available: .*neural_cleanse"),
-    (["--set", "neural_cleanse.epochs"], InputError, "method.key=value"),
-    (["--set", "lred.variant=A"], InputError, "not in --method"),
-    (["--set", "neural_cleanse.no_such_param=1"], InputError, "bad parameter"),
-    (["--ulp", "x.pt"], InputError, "--method ulp"),
+    (["--set", "neural_cleanse.epochs"], InputError, "(?i)method.key=value"),
+    (["--method", "neural_cleanse", "--set", "lred.variant=A"], InputError, "not in --method"),
+    (["--set", "no_such.x=1"], InputError, "unknown method"),
+    (["--set", "neural_cleanse.no_such_param=1"], InputError, "no parameter 'no_such_param'"),
+    (["--method", "neural_cleanse", "--ulp", "x.pt"], InputError, "--ulp is for the ulp method"),
     (["--n-per-class", "0"], InputError, "n-per-class"),
 ])
 def test_scan_bad_arguments(model_file, args, err, msg):

@@ -176,8 +176,9 @@ def combine_evidence(evidence: Sequence[Evidence], *, alpha: float = 0.05, rule:
       ``-log p`` (Holm) to the class it points at. Methods pointing elsewhere, or not
       significant on their own (Holm-adjusted p >= alpha), are named as disagreeing.
     - Combined p >= alpha, but some method significant on its own at alpha (before the
-      multiplicity correction), or some method failed: ``inconclusive`` (the evidence is split
-      or incomplete); otherwise ``clean``.
+      multiplicity correction) or flagging the model by its own paper rule (e.g. Neural
+      Cleanse's anomaly index > 2), or some method failed: ``inconclusive`` (the evidence is
+      split or incomplete); otherwise ``clean``.
 
     Args:
         evidence: one entry per method that ran.
@@ -228,15 +229,18 @@ def combine_evidence(evidence: Sequence[Evidence], *, alpha: float = 0.05, rule:
                   + (f", named by {', '.join(supporting)}" if supporting else ""))
         return CombinedVerdict("backdoored", p, rule, alpha, target=target, sources=sorted(sources),
                                supporting=supporting, disagreeing=disagreeing, reason=reason)
-    alone = [e for e, pi in zip(voting, ps, strict=True) if pi < alpha]
-    disagreeing = [{"method": e.method, "why": f"significant on its own (p = {_fmt(float(e.p_value or 0.0))})"
+    alone = [e for e, pi in zip(voting, ps, strict=True) if pi < alpha or e.flagged]
+    disagreeing = [{"method": e.method, "why": (f"significant on its own (p = {_fmt(float(e.p_value or 0.0))})"
+                                                if float(e.p_value or 0.0) < alpha else
+                                                f"flags the model by its own rule (p = {_fmt(float(e.p_value or 0.0))})")
                     + (f", points at class {e.target}" if e.target is not None else "")}
                    for e in alone]
     disagreeing += [{"method": m, "why": "no p-value"} for m in silent]
     if alone or failed:
         bits = []
         if alone:
-            bits.append(f"{', '.join(e.method for e in alone)} significant on its own but the combined "
+            bits.append(f"{', '.join(e.method for e in alone)} "
+                        f"{'flags' if len(alone) == 1 else 'flag'} the model but the combined "
                         f"p = {_fmt(p)} >= {alpha:g}")
         if failed:
             bits.append(f"{', '.join(failed)} could not run")

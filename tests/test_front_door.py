@@ -1,0 +1,232 @@
+"""The front door: ``scan_model`` and ``trojanscope scan`` with --method auto, the sanity gate,
+exit codes, ``--config``, ``trojanscope list`` and ``--version``, progress lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from trojanscope.cli.main import app
+from trojanscope.errors import InputError
+from trojanscope.models import create_model, save_model, wrap_model
+from trojanscope.report.schema import validate
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+NC_QUICK_TOML = """
+[neural_cleanse]
+epochs = 60
+steps_per_epoch = 3
+batch_size = 24
+patience = 3
+early_stop_patience = 6
+init_cost = 0.01
+"""
+
+
+@pytest.fixture(scope="module")
+def files(backdoor, tmp_path_factory):
+    d = tmp_path_factory.mktemp("front")
+    save_model(backdoor["backdoored"], d / "bd.safetensors")
+    save_model(backdoor["clean"], d / "clean.safetensors")
+    (d / "nc.toml").write_text(NC_QUICK_TOML)
+    return d
+
+
+@pytest.fixture(scope="module")
+def needs_255(backdoor, tmp_path_factory):
+    """A small CNN trained on digits given as 0-255 values (x * 255), saved with that
+    normalisation in its sidecar (mean 0, std 1/255)."""
+    from trojanscope.train import train
+
+    torch.manual_seed(0)
+    train_d = backdoor["train"]
+    net = create_model("small_cnn", 10, train_d.in_shape)
+    model = wrap_model(net, mean=[0.0], std=[1 / 255], num_classes=10, in_shape=train_d.in_shape,
+                       arch="small_cnn", detect_probabilities=False)
+    train(model, train_d, epochs=8, lr=1e-4, seed=0)  # 0-255 inputs: a small step
+    path = tmp_path_factory.mktemp("gate") / "needs255.safetensors"
+    save_model(model, path, metadata={"dataset": "digits"})
+    return path
+
+
+# ---------------------------------------------------------------------------- sanity gate
+
+def test_sanity_gate_names_the_missing_convention(needs_255, files):
+    """Scanned without the normalisation it needs (--normalize 0/1 overrides the sidecar), the
+    model fails the gate; the scan is inconclusive (exit 3), no detector runs, and the hint names
+    0-255 with the --normalize value that fixes it."""
+    js = files / "gate.json"
+    res = CliRunner().invoke(app, ["scan", str(needs_255), "--normalize", "0/1", "--device", "cpu",
+                                   "--method", "neural_cleanse", "--json", str(js)])
+    assert res.exit_code == 3, res.output
+    assert "INCONCLUSIVE" in res.output and "sanity gate FAILED" in res.output
+    assert "0-255" in res.output and "--normalize 0/0.003922" in res.output
+    d = json.loads(js.read_text())
+    validate(d)
+    assert d["verdict"]["verdict"] == "inconclusive" and d["verdict"]["exit_code"] == 3
+    gate = d["sanity"]
+    assert not gate["passed"] and gate["accuracy"] < gate["min_accuracy"] and gate["fits"] == "0-255"
+    assert gate["conventions"][0]["name"] == "0-255" and gate["conventions"][0]["accuracy"] > 0.8
+    assert d["methods"][0]["status"] == "skipped" and d["methods"][0]["result"] is None
+    assert d["data"]["name"] == "digits"  # from the sidecar: no --data given
+
+
+def test_sanity_gate_passes_with_the_sidecar_normalisation(needs_255, backdoor):
+    from trojanscope.models import load_model
+    from trojanscope.workflows import sanity_check
+
+    few = backdoor["train"].clean_subset(20, seed=0)
+    ok = sanity_check(load_model(needs_255), few)
+    assert ok.passed and ok.accuracy > 0.8 and ok.hint is None
+    # far below the recorded accuracy also fails, even above chance
+    low = sanity_check(load_model(needs_255), few, recorded_accuracy=1.0, max_drop=0.0)
+    assert low.passed == (low.accuracy >= low.min_accuracy)
+    assert low.min_accuracy > 0.9
+
+
+# ----------------------------------------------------------------------- verdicts and exits
+
+def test_exit_codes_backdoored_and_clean_with_config(files, backdoor):
+    """exit 1 with the right target on the backdoored model, 0 on its clean twin; the quick
+    Neural Cleanse settings come from a TOML file (--config) and show in the report."""
+    js = files / "bd_report.json"
+    args = ["--data", "digits", "--method", "neural_cleanse", "--device", "cpu", "--alpha", "0.1",
+            "--config", str(files / "nc.toml")]
+    bd = CliRunner().invoke(app, ["scan", str(files / "bd.safetensors"), *args, "--json", str(js)])
+    assert bd.exit_code == 1, bd.output
+    assert f"target class {backdoor['target']}" in bd.output
+    d = json.loads(js.read_text())
+    validate(d)
+    assert d["verdict"]["verdict"] == "backdoored" and d["verdict"]["target"] == backdoor["target"]
+    assert d["verdict"]["supporting"] == ["neural_cleanse"] and d["verdict"]["rule"] == "cauchy"
+    assert d["parameters"]["method_params"]["neural_cleanse"]["epochs"] == 60
+    assert d["sanity"]["passed"] and d["timings"]["methods"]["neural_cleanse"] > 0
+    # --set wins over the file
+    cl = CliRunner().invoke(app, ["scan", str(files / "clean.safetensors"), *args,
+                                  "--set", "neural_cleanse.epochs=61", "--json", str(files / "cl_report.json")])
+    assert cl.exit_code == 0, cl.output
+    assert "verdict: CLEAN" in cl.output
+    assert json.loads((files / "cl_report.json").read_text())["parameters"]["method_params"]["neural_cleanse"]["epochs"] == 61
+
+
+def test_report_may_not_replace_the_models_sidecar(files):
+    res = CliRunner().invoke(app, ["scan", str(files / "bd.safetensors"), "--data", "digits",
+                                   "--json", str(files / "bd.json")])
+    assert isinstance(res.exception, InputError) and "input of this command" in str(res.exception)
+    assert json.loads((files / "bd.json").read_text())["arch"] == "small_cnn"
+
+
+def test_error_is_exit_2_with_one_line(files):
+    env = {**os.environ, "PYTHONPATH": str(SRC), "TROJANSCOPE_NO_SANDBOX": "1"}
+    p = subprocess.run([sys.executable, "-m", "trojanscope", "scan", str(files / "bd.safetensors"),
+                        "--data", "digits", "--set", "neural_cleanse.epoch=5"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 2, p.stderr
+    assert "error:" in p.stderr and "no parameter 'epoch'" in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("text, msg", [
+    ("epochs = 5\n", "must be a \\[epochs\\] table"),
+    ("[neural_cleanse\n", "not valid TOML"),
+    ("[no_such]\nx = 1\n", "unknown method"),
+])
+def test_bad_config_files(files, tmp_path, text, msg):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(text)
+    res = CliRunner().invoke(app, ["scan", str(files / "bd.safetensors"), "--data", "digits", "--config", str(cfg)])
+    assert isinstance(res.exception, InputError) and re.search(msg, str(res.exception))
+
+
+# ------------------------------------------------------------------------- auto selection
+
+def test_auto_selection_is_registry_driven():
+    from trojanscope.workflows import select_methods
+
+    ctx = {"gradients": True, "data": True, "reference": None, "ulp": None, "in_shape": (1, 16, 16),
+           "num_classes": 10}
+    sel, skipped = select_methods("auto", ctx)
+    why = {s["method"]: s["why"] for s in skipped}
+    assert {"neural_cleanse", "lred"} <= set(sel)
+    assert "bias_maps" not in sel and "--reference" in why["bias_maps"]
+    assert "ulp" not in sel and "--ulp" in why["ulp"]
+    assert "lred_perceptible" not in sel and "experimental" in why["lred_perceptible"]
+    assert set(sel) | set(why) == set(__import__("trojanscope").available("model_detector"))
+    # a reference model enables bias maps; a forward-only model leaves no gradient method
+    assert "bias_maps" in select_methods("auto", {**ctx, "reference": object()})[0]
+    fwd, _ = select_methods("auto", {**ctx, "gradients": False})
+    assert "neural_cleanse" not in fwd and "lred" not in fwd
+    # data-free methods alone when there are no clean images
+    from trojanscope import get
+
+    nodata, _ = select_methods("auto", {**ctx, "data": False})
+    assert all(not get("model_detector", m).needs_data for m in nodata)
+
+
+def test_scan_model_library_report(backdoor, clean_few):
+    from trojanscope import ScanReport, scan_model
+
+    seen: list[dict] = []
+    rep = scan_model(backdoor["backdoored"], clean_few, "neural_cleanse", alpha=0.1,
+                     params={"neural_cleanse": {"epochs": 60, "steps_per_epoch": 3, "batch_size": 24,
+                                                "patience": 3, "early_stop_patience": 6, "init_cost": 0.01}},
+                     progress=seen.append)
+    assert isinstance(rep, ScanReport) and rep.exit_code == 1 and rep.verdict.target == backdoor["target"]
+    d = rep.to_dict()
+    validate(d)
+    assert {"model", "data", "parameters", "versions", "timings"} <= set(d)
+    assert d["methods"][0]["calibration"].startswith("empirical null")
+    stages = [p.get("stage") for p in seen]
+    assert stages[0] == "sanity" and "method" in stages and stages[-1] == "done"
+    assert any("epoch" in p and p.get("method") == "neural_cleanse" for p in seen)
+
+
+# --------------------------------------------------------------- list, version, progress
+
+def test_list_methods_with_parameters_and_defaults():
+    res = CliRunner().invoke(app, ["list", "methods"])
+    assert res.exit_code == 0, res.output
+    assert "neural_cleanse (auto)" in res.output and "epochs = 100" in res.output
+    assert "lred_perceptible (experimental" in res.output and "mutation" in res.output
+    js = CliRunner().invoke(app, ["list", "architectures", "--json"])
+    arch = json.loads(js.output)["architectures"]
+    assert any(a["name"] == "borji_cnn" for a in arch)
+    for kind in ("datasets", "triggers"):
+        assert CliRunner().invoke(app, ["list", kind]).exit_code == 0
+    bad = CliRunner().invoke(app, ["list", "nothing"])
+    assert isinstance(bad.exception, InputError)
+
+
+def test_version():
+    from trojanscope import __version__
+
+    res = CliRunner().invoke(app, ["--version"])
+    assert res.exit_code == 0 and res.output.strip() == f"trojanscope {__version__}"
+
+
+def test_progress_lines_when_not_a_terminal():
+    from io import StringIO
+
+    from rich.console import Console
+
+    from trojanscope.cli._options import progress_reporter
+
+    buf = StringIO()
+    con = Console(file=buf, soft_wrap=True)
+    with progress_reporter("scanning m", console=con, terminal=False, every=1e9) as prog:
+        prog({"stage": "sanity", "n_images": 200})
+        prog({"stage": "method", "method": "lred", "index": 1, "total": 2})
+        prog({"method": "lred", "epoch": 1, "epochs": 9})
+        prog({"method": "lred", "epoch": 2, "epochs": 9})  # throttled
+        prog({"stage": "done", "verdict": "clean"})
+    lines = buf.getvalue().splitlines()
+    assert all(re.match(r"\d\d:\d\d:\d\d ", ln) for ln in lines)
+    assert len(lines) == 5 and "epoch 1/9" in lines[3] and lines[-1].endswith("done: clean")
