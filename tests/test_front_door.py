@@ -230,3 +230,17 @@ def test_progress_lines_when_not_a_terminal():
     lines = buf.getvalue().splitlines()
     assert all(re.match(r"\d\d:\d\d:\d\d ", ln) for ln in lines)
     assert len(lines) == 5 and "epoch 1/9" in lines[3] and lines[-1].endswith("done: clean")
+
+
+def test_one_set_syntax_for_mitigate(tmp_path):
+    from trojanscope.cli._options import mitigation_settings, parse_sets
+
+    assert parse_sets(["a.b-c=1,2", "a.d=none", "x.y=true", "x.z=0.5", "x.w=word"]) == {
+        "a": {"b_c": [1, 2], "d": None}, "x": {"y": True, "z": 0.5, "w": "word"}}
+    cfg = tmp_path / "m.toml"
+    cfg.write_text("[unlearn]\nepochs = 3\n[neural_cleanse]\nepochs = 40\n")
+    mit, scan = mitigation_settings(["unlearn.epochs=4", "stamp_fraction=0.2"], cfg,
+                                    mitigation="unlearn", scan_method="neural_cleanse")
+    assert mit == {"epochs": 4, "stamp_fraction": 0.2} and scan == {"epochs": 40}
+    with pytest.raises(InputError, match="mitigate takes settings"):
+        mitigation_settings(["lred.pi=0.5"], None, mitigation="unlearn", scan_method="neural_cleanse")

@@ -94,9 +94,11 @@ def test_cli_inputs_npz_json(backdoor, model_file, tmp_path):
     r = CliRunner().invoke(app, ["inputs", str(model_file), "--data", "digits", "--suspect", str(npz),
                                  "--method", "kde,mutation", "--param", "mutation.n_mutants=20",
                                  "--n-clean", "30", "--fpr", "0.1", "--json", str(out)])
-    assert r.exit_code == 0, r.output + repr(r.exception)
+    assert r.exit_code in (0, 1), r.output + repr(r.exception)
     assert "kde" in r.output and "flagged" in r.output
     d = json.loads(out.read_text())
+    assert r.exit_code == (1 if any(d["flagged"]) else 0)  # 1 = some input flagged
+    assert any(d["flagged"][6:])  # the triggered inputs are
     assert d["schema"] == 1 and d["model"] == str(model_file)
     assert [m["method"] for m in d["results"]] == ["kde", "mutation"]
     kde = d["results"][0]
@@ -118,7 +120,7 @@ def test_cli_inputs_folder_and_errors(backdoor, model_file, tmp_path):
     runner = CliRunner()
     r = runner.invoke(app, ["inputs", str(model_file), "--data", "digits", "--suspect", str(folder),
                             "--method", "kde", "--n-clean", "20"])
-    assert r.exit_code == 0, r.output + repr(r.exception)
+    assert r.exit_code in (0, 1), r.output + repr(r.exception)
     assert "0.png" in r.output
     r = runner.invoke(app, ["inputs", str(model_file), "--suspect", str(folder), "--method", "magic"])
     assert isinstance(r.exception, ts.InputError) and "available" in str(r.exception)

@@ -215,3 +215,23 @@ def progress_reporter(title: str, *, console: Any = None, every: float = 10.0,
                 con.print(text, markup=False, highlight=False)
 
         yield _Rich()
+
+
+def mitigation_settings(sets: Sequence[str] | None, config: Path | None, *, mitigation: str,
+                        scan_method: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``mitigate``'s settings: ``--set MITIGATION.KEY=VALUE`` for the repair and
+    ``--set SCAN_METHOD.KEY=VALUE`` for the scan run first (the same syntax as every command);
+    a bare ``KEY=VALUE`` (the old form) goes to the mitigation. Returns (mitigation, scan)."""
+    bare = [s for s in sets or [] if "." not in s.partition("=")[0]]
+    dotted = [s for s in sets or [] if s not in bare]
+    merged = settings(dotted, config)
+    for item in bare:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--set must look like METHOD.KEY=VALUE, e.g. {mitigation}.epochs=5; got {item!r}")
+        merged.setdefault(mitigation, {})[key.strip().replace("-", "_")] = parse_value(value)
+    bad = [m for m in merged if m not in (mitigation, scan_method)]
+    if bad:
+        raise InputError(f"settings for {', '.join(map(repr, bad))}: mitigate takes settings of the "
+                         f"mitigation ({mitigation}) and of the scan run first ({scan_method})")
+    return merged.get(mitigation, {}), merged.get(scan_method, {})

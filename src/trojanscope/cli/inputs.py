@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import datetime as _dt
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,31 +14,19 @@ from ._common import (
     DataOpt,
     DeviceOpt,
     SeedOpt,
-    console,
     model_and_data,
     out,
 )
+from ._options import ConfigOpt, check_params, progress_reporter, settings
 
 DEFAULT_METHODS = "mutation,activation_space,kde,lid"
 
 
 def parse_params(items: list[str] | None, methods: list[str]) -> dict[str, dict[str, Any]]:
-    """``METHOD.KEY=VALUE`` items -> {method: {key: value}} (values as Python literals)."""
-    params: dict[str, dict[str, Any]] = {m: {} for m in methods}
-    for item in items or []:
-        try:
-            lhs, value = item.split("=", 1)
-            method, key = lhs.split(".", 1)
-        except ValueError:
-            raise InputError(f"--param must look like METHOD.KEY=VALUE, e.g. mutation.n_mutants=50; "
-                             f"got {item!r}") from None
-        if method not in params:
-            raise InputError(f"--param {item!r}: method {method!r} is not in --method {','.join(methods)}")
-        try:
-            params[method][key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            params[method][key] = value  # a bare word, e.g. stage=backdoor
-    return params
+    """``METHOD.KEY=VALUE`` items -> {method: {key: value}} for the named methods (the shared
+    ``--set`` parser of :mod:`._options`; ``serve`` uses it too)."""
+    params = settings(items, None, known=methods)
+    return {m: params.get(m, {}) for m in methods}
 
 
 def inputs_cmd(
@@ -57,8 +44,10 @@ def inputs_cmd(
                                                  "--fpr instead of splitting it over the methods")] = False,
     n_clean: Annotated[int, typer.Option("--n-clean", help="clean reference images per class, from "
                                          "the dataset's training split")] = 200,
-    param: Annotated[list[str] | None, typer.Option("--param", help="METHOD.KEY=VALUE detector "
-                                                    "parameter (repeatable)")] = None,
+    param: Annotated[list[str] | None, typer.Option("--set", "--param", metavar="METHOD.KEY=VALUE",
+                                                    help="a detector parameter (repeatable), e.g. "
+                                                    "mutation.n_mutants=50 (--param: old name)")] = None,
+    config: ConfigOpt = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="write scores and flags to this JSON file")] = None,
     module: Annotated[str | None, typer.Option("--module", help="path/to/module.py:ClassName for a "
                                                "state-dict file")] = None,
@@ -82,7 +71,10 @@ def inputs_cmd(
     bad = [m for m in methods if m not in known]
     if bad or not methods:
         raise InputError(f"unknown --method {', '.join(bad) or '(none)'}; available: {', '.join(known)}")
-    params = parse_params(param, methods)
+    params = settings(param, config, known=methods)
+    for m in list(params):  # settings name only methods in --method (checked above)
+        check_params("input_detector", {m: params[m]})
+    params = {m: params.get(m, {}) for m in methods}
     dev = resolve_device(device)
     model, (train,) = model_and_data(model_path, data, data_dir, ("train",), normalize=normalize,
                                      module=module, arch=arch, device=dev)
@@ -94,10 +86,10 @@ def inputs_cmd(
             raise InputError(f"suspect images have {x.shape[1]} channels but {data} has {train.in_shape[0]}")
     clean = train.clean_subset(n_clean, seed=seed)
     guard = Guard(model, params, fpr=fpr, split_fpr=not per_method_fpr, seed=seed)
-    with console.status("fitting detectors on clean images ...") as status:
-        guard.fit(clean, progress=lambda p: status.update(f"fitting {p['detector']} on {len(clean)} clean images ..."))
-        status.update(f"scoring {len(x)} suspect inputs ...")
-        res = guard.predict(x, progress=lambda p: status.update(f"scoring with {p['detector']} ..."))
+    with progress_reporter(f"fitting {len(methods)} detectors on {len(clean)} clean images, scoring "
+                           f"{len(x)} suspect inputs") as prog:
+        guard.fit(clean, progress=lambda p: prog({"stage": "fit", "method": p["detector"]}))
+        res = guard.predict(x, progress=lambda p: prog({"stage": "score", "method": p["detector"]}))
 
     table = Table(title=f"{suspect.name}: {len(x)} inputs, clean reference {len(clean)} {data} training images")
     for col in ("method", "FPR target", "threshold", "flagged", "ms / input"):
@@ -133,6 +125,7 @@ def inputs_cmd(
         }
         atomic_write_json(json_out, to_jsonable(report))
         out.print(f"wrote {json_out}")
+    raise typer.Exit(1 if bool(res.flagged.any()) else 0)  # 1 = some input flagged
 
 
 def register(app: typer.Typer) -> None:

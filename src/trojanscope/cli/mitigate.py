@@ -27,6 +27,7 @@ from ._common import (
     model_and_data,
     out,
 )
+from ._options import ConfigOpt, mitigation_settings
 from .train import AttackOpt, AttackParamOpt, SourcesOpt, TargetOpt, attack_spec, make_trigger
 
 
@@ -45,8 +46,11 @@ def mitigate(
     target: TargetOpt = None,
     sources: SourcesOpt = None,
     attack_param: AttackParamOpt = None,
-    sets: Annotated[list[str] | None, typer.Option("--set", help="parameter key=value of the mitigation "
-                                                   "(repeatable), e.g. stamp_fraction=0.2")] = None,
+    config: ConfigOpt = None,
+    sets: Annotated[list[str] | None, typer.Option("--set", help="METHOD.KEY=VALUE: a parameter of the "
+                                                   "mitigation (e.g. unlearn.epochs=5) or of the scan run "
+                                                   "first (e.g. neural_cleanse.epochs=50); bare key=value: "
+                                                   "the mitigation's (repeatable)")] = None,
     scan_sets: Annotated[list[str] | None, typer.Option("--scan-set", help="parameter key=value of the "
                                                         "scan (repeatable), e.g. epochs=50")] = None,
     max_cta_drop: Annotated[float, typer.Option("--max-cta-drop", help="utility budget: the most clean "
@@ -69,7 +73,7 @@ def mitigate(
     """
     code = run_mitigate(model_path=model_path, data=data, data_dir=data_dir, method=method, out_path=out_path,
                         n_per_class=n_per_class, scan_method=scan_method, attack=attack, target=target,
-                        sources=sources, attack_param=attack_param, sets=sets, scan_sets=scan_sets,
+                        sources=sources, attack_param=attack_param, sets=sets, config=config, scan_sets=scan_sets,
                         max_cta_drop=max_cta_drop, json_out=json_out, module=module, arch=arch,
                         normalize=normalize, device=device, seed=seed)
     if code:
@@ -81,7 +85,7 @@ EXIT_CODES = {"repaired": 0, "ineffective": 1, "refused": 3}
 
 def run_mitigate(*, model_path: Path, data: str, data_dir: Path | None, method: str, out_path: Path | None,
                  n_per_class: int, scan_method: str, attack, target, sources, attack_param,
-                 sets: list[str] | None, scan_sets: list[str] | None, max_cta_drop: float,
+                 sets: list[str] | None, config: Path | None, scan_sets: list[str] | None, max_cta_drop: float,
                  json_out: Path | None, module, arch, normalize, device: str, seed: int) -> int:
     """The body of ``trojanscope mitigate``; returns the exit status."""
     from .._registry import available, get
@@ -94,8 +98,10 @@ def run_mitigate(*, model_path: Path, data: str, data_dir: Path | None, method: 
         raise InputError(f"unknown --method {method!r}; available: {', '.join(available('mitigation'))}")
     if not 0 <= max_cta_drop <= 100:
         raise InputError(f"--max-cta-drop is in percentage points, 0 to 100; got {max_cta_drop}")
+    mit_sets, scan_from_sets = mitigation_settings(sets, config, mitigation=method, scan_method=scan_method)
     params: dict[str, Any] = {"seed": seed, "scan_method": scan_method, "max_cta_drop": max_cta_drop / 100,
-                              "scan_params": {"seed": seed, **parse_params(scan_sets)}, **parse_params(sets)}
+                              "scan_params": {"seed": seed, **scan_from_sets, **parse_params(scan_sets)},
+                              **mit_sets}
     try:
         mit = get("mitigation", method)(**params)
     except TypeError as e:
