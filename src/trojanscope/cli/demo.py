@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ._common import SeedOpt, console, out
+from ._common import SeedOpt, out
 
 
 def demo(
@@ -20,7 +20,10 @@ def demo(
     from ..demo import run_demo
 
     methods = [m.strip() for m in method.split(",")] if method else None
-    rep = run_demo(out_dir, seed=seed, log=lambda s: console.print(s, markup=False), methods=methods)
+    from ._options import progress_reporter
+
+    with progress_reporter("trojanscope demo") as prog:  # timestamped lines when not a terminal
+        rep = run_demo(out_dir, seed=seed, log=prog.log, methods=methods)
     out.print(f"report: {out_dir / 'report.json'}" + (f"  html: {rep['html']}" if "html" in rep else ""))
 
 
