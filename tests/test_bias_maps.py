@@ -81,11 +81,20 @@ def test_clean_finetune_not_flagged(backdoor, clean_few, finetuned, detector):
 
 
 def test_blank_input_shows_trigger(backdoor, clean_few, finetuned):
-    # the paper's single blank image (Fig. 3)
-    r = BiasMaps(reference=backdoor["clean"], inputs="blank", n_samples=1).scan(finetuned["poisoned"], clean_few)
+    """Blank inputs (paper Fig. 3): the poisoned fine-tune's target map lights up the trigger
+    region, the clean fine-tune's does not.
+
+    Ten blank starts, not the paper's single image: with one start the region's excess over
+    the reference was 0.01-0.37 for the poisoned fine-tune and up to 0.24 for the clean one,
+    depending on the CPU's kernels (the paper notes more blank samples change the outcome).
+    With ten: poisoned 0.30-0.46, clean -0.08-0.03 (docs/testing.md)."""
     t, region = backdoor["target"], _trigger_region(backdoor)
-    assert r.extra["n_starts"] == 1
-    assert r.trigger["bias_maps"][t, :, region].mean() > r.trigger["reference_maps"][t, :, region].mean() + 0.2
+    excess = {}
+    for which in ("poisoned", "clean"):
+        r = BiasMaps(reference=backdoor["clean"], inputs="blank", n_samples=10).scan(finetuned[which], clean_few)
+        assert r.extra["n_starts"] == 10
+        excess[which] = float(r.trigger["bias_maps"][t, :, region].mean() - r.trigger["reference_maps"][t, :, region].mean())
+    assert excess["poisoned"] > 0.2 and excess["clean"] < 0.1, excess
 
 
 def test_algorithm_two_lights_up_target_column(backdoor, clean_few, finetuned):

@@ -45,15 +45,6 @@ def split(backdoor):
             "trig": backdoor["trigger"].apply(x_clean)}
 
 
-def fgsm(model, x, eps=0.15):
-    """One-step FGSM on the model's own labels (adversarial examples for the AE checks)."""
-    model = copy.deepcopy(model).eval()
-    xr = x.clone().requires_grad_(True)
-    y = model(x).argmax(1)
-    torch.nn.functional.cross_entropy(model(xr), y).backward()
-    return (x + eps * xr.grad.sign()).clamp(0, 1).detach()
-
-
 def boundary_ae(model, x, step=0.01, max_steps=60):
     """Iterative sign-gradient steps, each image stopped as soon as its label flips: adversarial
     examples just past the decision boundary, like C&W's minimal ones. Returns (x_adv, flipped)."""
@@ -101,13 +92,20 @@ def test_detector_flags_triggers_at_target_fpr(name, backdoor, split):
 
 
 def test_feature_squeezing_catches_aes_but_not_triggers(backdoor, split):
-    """Jin et al. sec. 6: squeezing removes adversarial noise but not a backdoor trigger."""
+    """Jin et al. sec. 6: squeezing removes adversarial noise but not a backdoor trigger.
+
+    The adversarial examples are minimal ones (just past the boundary, as C&W's in Xu et al.
+    sec. 5): AUC 0.95-0.97 on every kernel setting and fixture seed tried. One-step FGSM at
+    eps 0.15 gave 0.75-0.83 (a larger step moves an image deeper into the wrong class, where a
+    squeezer no longer brings it back), too close to any threshold to assert on."""
     model = backdoor["backdoored"]
     det = create_input_detector("squeeze").fit(model, split["fit"])
     x = split["clean_nt"]
+    xa, ok = boundary_ae(model, x)
+    assert ok.float().mean() > 0.9
     auc_be = roc_auc(det.score(x), det.score(split["trig"]))
-    auc_ae = roc_auc(det.score(x), det.score(fgsm(model, x)))
-    assert auc_ae > 0.8 and auc_be < 0.7 and auc_ae > auc_be + 0.2, (auc_ae, auc_be)
+    auc_ae = roc_auc(det.score(x), det.score(xa[ok]))
+    assert auc_ae > 0.85 and auc_be < 0.7 and auc_ae > auc_be + 0.3, (auc_ae, auc_be)
 
 
 def test_mutation_adversarial_stage_flags_aes(backdoor, split):

@@ -54,7 +54,10 @@ def test_stats_match_numpy_reference():
 def test_flags_backdoor_with_right_target_not_clean_twin(scans, backdoor):
     bd, cl = scans["backdoored"], scans["clean"]
     assert bd.backdoored and bd.target == backdoor["target"] and bd.statistic > 2
-    assert not cl.backdoored and cl.target is None and cl.statistic < 2
+    assert not cl.backdoored and cl.target is None
+    # the target's mask is far smaller than the median label's; the clean twin's smallest is
+    # not (its MAD index alone can exceed 2 on 10 labels: see max_norm_ratio, docs/testing.md)
+    assert bd.extra["norm_over_median"] < cl.extra["norm_over_median"] - 0.25, (bd.extra, cl.extra)
     l1 = torch.tensor(bd.per_class["mask_l1"])
     assert int(l1.argmin()) == backdoor["target"] and len(bd.per_class["anomaly_index"]) == 10
     # the reversed trigger sits where the true one is (bottom-right 3x3 patch)
