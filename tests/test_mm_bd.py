@@ -155,3 +155,32 @@ def test_scan_model_without_data_runs_only_data_free_methods(backdoor):
         scan_model(backdoor["backdoored"], None, "auto", in_shape=SHAPE, num_classes=43)
     with pytest.raises(ts.InputError, match="cannot process"):
         scan_model(backdoor["backdoored"], None, "auto", in_shape=(3, 16, 16))
+
+
+def test_cli_scan_data_none(backdoor, tmp_path):
+    """`trojanscope scan MODEL --data none`: no images, in_shape from the sidecar, exit 1 with
+    the target; the JSON report validates and says the sanity gate could not run."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from trojanscope.cli.main import app
+    from trojanscope.models.io import save_model
+    from trojanscope.report.schema import validate
+
+    path = save_model(backdoor["backdoored"], tmp_path / "bd.safetensors")
+    quick = ["--set", "mm_bd.restarts=10", "--set", "mm_bd.steps=150"]
+    js = tmp_path / "r.json"
+    res = CliRunner().invoke(app, ["scan", str(path), "--data", "none", "--device", "cpu",
+                                   "--json", str(js), *quick])
+    assert res.exit_code == 1, res.output
+    assert "BACKDOORED" in res.output and "mm_bd" in res.output and "sanity gate not run" in res.output
+    d = json.loads(js.read_text())
+    validate(d)
+    assert d["verdict"]["verdict"] == "backdoored" and d["verdict"]["target"] == 0
+    assert d["data"]["n_images"] == 0 and "could not be measured" in d["data"]["sanity_gate"]
+    for extra, msg in ((["--num-classes", "43", *quick], "not the 43 given"),
+                       (["--in-shape", "3,x,16", *quick], "--in-shape"),
+                       (["--method", "lred"], "needs clean images")):
+        bad = CliRunner().invoke(app, ["scan", str(path), "--data", "none", *extra])
+        assert isinstance(bad.exception, ts.InputError) and msg in str(bad.exception)  # main: exit 2

@@ -41,6 +41,19 @@ def _fmt_p(p: float | None) -> str:
     return f"{p:.2g}" if p >= 1e-3 else f"{p:.1e}"
 
 
+def parse_in_shape(text: str | None) -> tuple[int, int, int] | None:
+    """``--in-shape 3,32,32`` -> ``(3, 32, 32)``; None stays None."""
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"--in-shape must be C,H,W (three integers), got {text!r}") from None
+    if len(shape) != 3 or min(shape) < 1 or max(shape) > 4096:
+        raise InputError(f"--in-shape must be C,H,W (three positive integers), got {text!r}")
+    return shape  # type: ignore[return-value]
+
+
 def scan(
     model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="model file (.safetensors, .pt2, "
                                                ".pt, .pth, .onnx)")],
@@ -76,6 +89,10 @@ def scan(
                                                   "(default: from the sidecar)")] = None,
     sanity_gate: Annotated[bool, typer.Option("--sanity-gate/--no-sanity-gate", help="check that the "
                                               "model classifies the scan images before any detector")] = True,
+    in_shape: Annotated[str | None, typer.Option("--in-shape", metavar="C,H,W", help="with --data none: "
+                                                 "the input shape, when the model file does not record it")] = None,
+    num_classes: Annotated[int | None, typer.Option("--num-classes", help="with --data none: the class "
+                                                    "count the model must return (default: probed)")] = None,
 ) -> None:
     """Is MODEL backdoored? Sanity gate, every applicable detector, one combined verdict.
 
@@ -92,11 +109,15 @@ def scan(
     params = settings(sets, config, known=available("model_detector"))
     data_name = data or sidecar_dataset(model_path) or "digits"
     dev = resolve_device(device)
+    shape = parse_in_shape(in_shape)
+    if data_name != "none" and (shape is not None or num_classes is not None):
+        raise InputError("--in-shape and --num-classes are for --data none (with data, both come from the images)")
     if data_name == "none":
         from ..models import load_model
-        from .evaluate import parse_mean_std
+        from ..models.with_data import parse_mean_std
 
-        model = load_model(model_path, normalize=parse_mean_std(normalize), device=dev)
+        model = load_model(model_path, normalize=parse_mean_std(normalize), module=module, arch=arch,
+                           in_shape=shape, device=dev)
         few = None
     else:
         model, (clean,) = model_and_data(model_path, data_name, data_dir, (split,), normalize=normalize,
@@ -126,7 +147,7 @@ def scan(
                             rule=rule, seed=seed, sanity=sanity_gate, model_path=str(model_path),
                             data_info={"name": data_name, "split": None if few is None else split,
                                        "n_per_class": n_per_class},
-                            progress=prog)
+                            progress=prog, in_shape=shape, num_classes=num_classes)
     print_report(report, title=f"{model_path.name}: {n_img} clean {data_name} images"
                  + (f" ({split} split)" if few is not None else "") + f", {dev}")
     if json_out is not None or html_out is not None or triggers_out is not None:
@@ -154,6 +175,8 @@ def print_report(report: Any, *, title: str) -> None:
                   f"(needs >= {gate.min_accuracy:.1%}"
                   + (f"; recorded {gate.recorded_accuracy:.1%}" if gate.recorded_accuracy is not None else "")
                   + ")")
+    elif isinstance(report.data.get("sanity_gate"), str):  # no data: say what could not be checked
+        out.print(f"sanity gate {escape(report.data['sanity_gate'])}")
     table = Table(title=title, box=box.SIMPLE_HEAD)
     for col in ("method", "status", "says", "class", "stat", "thr", "p", "sec"):
         table.add_column(col, justify="left" if col in ("method", "status", "says") else "right",
