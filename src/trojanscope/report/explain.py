@@ -50,6 +50,10 @@ def why(result: ScanResult) -> str:
         return (f"no class stands out: the largest {key} ({fmt(stat)}, {who}) is plausible under the "
                 f"null fitted to the other classes ({_p(p)}, not below {thr:g}).")
     ptxt = f", {_p(p)}" if p is not None else ""
+    rule = (result.extra or {}).get("verdict_rule")
+    if thr is not None and rule and (stat > thr) != result.backdoored:  # a rule with a second margin
+        head = f"class {result.target} stands out" if result.backdoored else "no class stands out"
+        return f"{head}: the verdict needs {rule}{ptxt}{src}."
     if thr is not None:
         if result.backdoored:
             return (f"class {result.target} stands out: its {key} is {fmt(stat)}, above the threshold "

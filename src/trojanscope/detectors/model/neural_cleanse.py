@@ -34,7 +34,8 @@ from ._base import ModelDetector, ProgressFn
 from ._stats import MAD_CONSISTENCY, anomaly_index, max_index_pvalue
 
 _EPS = 1e-7
-# how ScanResult.p_value is obtained (the verdict itself stays the paper's index > threshold)
+# how ScanResult.p_value is obtained (the verdict: index > threshold and, with max_norm_ratio,
+# smallest/median norm <= max_norm_ratio; see the class docstring)
 _P_CALIBRATION = ("empirical null: the largest small-side MAD anomaly index among K i.i.d. normal "
                   "values, simulated (20,000 draws); covers the multiplicity over the K candidates "
                   "and the noise of median/MAD from K values")  # keeps tanh(.)/(2 - eps) + 0.5 strictly inside (0, 1) so atanh stays finite
