@@ -142,13 +142,14 @@ def scan(
             console.print(f"[yellow]warning:[/] {cls.registry_name} is experimental: {escape(cls.experimental)}")
 
     n_img = 0 if few is None else len(few)
-    with progress_reporter(f"scanning {model_path.name} with {n_img} clean {data_name} images ({dev})") as prog:
+    what = "no data (data-free methods only)" if few is None else f"{n_img} clean {data_name} images"
+    with progress_reporter(f"scanning {model_path.name} with {what} ({dev})") as prog:
         report = scan_model(model, few, method, params=params, reference=ref, ulp=ulp, alpha=alpha,
                             rule=rule, seed=seed, sanity=sanity_gate, model_path=str(model_path),
                             data_info={"name": data_name, "split": None if few is None else split,
                                        "n_per_class": n_per_class},
                             progress=prog, in_shape=shape, num_classes=num_classes)
-    print_report(report, title=f"{model_path.name}: {n_img} clean {data_name} images"
+    print_report(report, title=f"{model_path.name}: {what}"
                  + (f" ({split} split)" if few is not None else "") + f", {dev}")
     if json_out is not None or html_out is not None or triggers_out is not None:
         from ..report.outputs import write_scan_outputs
