@@ -751,7 +751,7 @@ class RepairReport:
         return to_jsonable({**env, "result": self.result.to_dict()})
 
 
-def repair_model(model: nn.Module, clean: CleanData, method: str = "unlearning", *,
+def repair_model(model: nn.Module, clean: CleanData, method: str = "unlearn", *,
                  params: Mapping[str, Any] | None = None, scan: ScanResult | None = None,
                  test: ImageData | None = None, true_trigger: Any = None,
                  model_path: str | Path | None = None, data_info: Mapping[str, Any] | None = None,

@@ -131,6 +131,11 @@ def serve_cmd(
     shown = f"[{host}]" if fam == socket.AF_INET6 else host
     console.print(f"serving http://{shown}:{bound} (guard: {', '.join(methods)}; fitting on "
                   f"{data} ...; GET /v1/health says when ready)", markup=False, highlight=False)
+    import signal
+
+    # uvicorn drains the requests in flight on SIGTERM/SIGINT, which may take longer than the CLI's
+    # exit watchdog allows: detach the watchdog (it waits on the signal wakeup fd)
+    signal.set_wakeup_fd(-1)
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:
