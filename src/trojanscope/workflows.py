@@ -6,7 +6,7 @@
     report.to_dict()                             # the JSON report (envelope + methods + verdict)
 
     guard_inputs(model, clean, suspect_x)        # "does this input carry a trigger?"
-    repair_model(model, clean, "unlearning")     # "can the backdoor be removed?"
+    repair_model(model, clean, "unlearn")     # "can the backdoor be removed?"
 
 Every report carries the same envelope: ``model``, ``data``, ``parameters``, ``versions``,
 ``timings`` (and ``created``, ``schema``, ``kind``). The CLI commands, the demo and the
