@@ -15,6 +15,7 @@ import typer
 
 from ..errors import InputError
 from ._common import DataDirOpt, DataOpt, DeviceOpt, SeedOpt, console, load_data, out, parse_ints
+from ._options import parse_value  # noqa: F401 - one value parser for every command
 
 AttackOpt = Annotated[str | None, typer.Option(
     "--attack", help="trigger name (badnets, ...: see trojanscope.attacks.triggers()); 'none' for no attack")]
@@ -24,26 +25,6 @@ SourcesOpt = Annotated[str | None, typer.Option(
 AttackParamOpt = Annotated[list[str] | None, typer.Option(
     "--attack-param", help="trigger parameter k=v (repeatable), e.g. size=5, location=top_right, "
     "alpha=0.1, location=2,3")]
-
-
-def parse_value(text: str) -> Any:
-    """``5`` -> 5, ``0.1`` -> 0.1, ``true`` -> True, ``none`` -> None, ``1,2`` -> [1, 2], else str."""
-    t = text.strip()
-    if "," in t:
-        return [parse_value(v) for v in t.split(",") if v.strip() != ""]
-    low = t.lower()
-    if low in ("true", "yes", "on"):
-        return True
-    if low in ("false", "no", "off"):
-        return False
-    if low in ("none", "null"):
-        return None
-    for cast in (int, float):
-        try:
-            return cast(t)
-        except ValueError:
-            pass
-    return t
 
 
 def parse_params(items: list[str] | None) -> dict[str, Any]:
