@@ -22,20 +22,10 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from ..sandbox import clean_environment  # the one allow-list, as for every isolated command
+
 _LEN = struct.Struct(">Q")
 MAX_FRAME = 1 << 30  # a reply larger than this is hostile or broken
-
-# names that carry credentials; the worker never sees them (nor anything the server read)
-_SECRET_MARKERS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "KEY", "AUTH", "COOKIE",
-                   "SESSION")
-
-
-def clean_env(environ: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment a worker gets: the parent's minus anything that looks like a secret."""
-    env = dict(os.environ if environ is None else environ)
-    return {k: v for k, v in env.items()
-            if not any(m in k.upper() for m in _SECRET_MARKERS) and not k.startswith(("AWS_", "GH_"))}
-
 
 class WorkerError(Exception):
     """The worker failed: it could not start, it crashed, or it answered with an error."""
@@ -109,7 +99,7 @@ class Worker:
         input shape, classes, thresholds). Raises WorkerError with the child's message."""
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "trojanscope.serve._child"], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, env=clean_env(), start_new_session=True)
+            stdout=subprocess.PIPE, env=clean_environment(), start_new_session=True)
         assert self.proc.stdin is not None
         try:
             _write_frame(self.proc.stdin, json.dumps(self.config.__dict__).encode())
