@@ -169,11 +169,11 @@ def main() -> None:
     save()
     digits = {}
     if not args.skip_digits:  # a tiny model where per-step overhead, not arithmetic, dominates
-        from trojanscope.demo import demo_models
+        from trojanscope.demo import demo_instance, demo_models
 
         z = demo_models(seed=args.seed)
         few = z["train"].clean_subset(20, seed=args.seed)
-        dkw = NeuralCleanse.for_demo().get_params()
+        dkw = demo_instance("model_detector", "neural_cleanse").get_params()
         dkw.pop("per_label_loop")
         db = nc_run(z["backdoored"], few, False, "digits.batched", **dkw)
         dl = nc_run(z["backdoored"], few, True, "digits.per_label_loop", **dkw)

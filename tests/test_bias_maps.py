@@ -11,6 +11,7 @@ from conftest import assert_unchanged, state_snapshot
 
 from trojanscope import _registry
 from trojanscope.attacks import PoisoningAttack
+from trojanscope.demo import demo_instance
 from trojanscope.detectors.model.bias_maps import BiasMaps, fgsm_steps
 from trojanscope.errors import InputError
 from trojanscope.models import create_model
@@ -110,7 +111,7 @@ def test_algorithm_two_lights_up_target_column(backdoor, clean_few, finetuned):
 
 
 def test_without_reference_is_labelled_weaker(backdoor, clean_few):
-    det = BiasMaps.for_demo()
+    det = demo_instance("model_detector", "bias_maps")
     assert det.reference is None
     r = det.scan(backdoor["backdoored"], clean_few)
     assert "weaker" in r.extra["comparison"]

@@ -15,6 +15,7 @@ import torch
 from conftest import assert_unchanged, state_snapshot
 
 import trojanscope as ts
+from trojanscope.demo import demo_instance
 from trojanscope.detectors.input import create_input_detector, input_detectors
 from trojanscope.detectors.input.mutation import gaussian_fuzz, mutant_predictions
 from trojanscope.metrics import roc_auc
@@ -191,7 +192,7 @@ def test_demo_settings_are_fast(backdoor, clean_few):
     import time
 
     for name in input_detectors():
-        det = ts.get("input_detector", name).for_demo()
+        det = demo_instance("input_detector", name)
         t0 = time.perf_counter()
         det.fit(backdoor["backdoored"], clean_few)
         det.score(backdoor["test"].x[:100])

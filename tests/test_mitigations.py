@@ -10,6 +10,7 @@ from conftest import assert_unchanged, state_snapshot
 
 import trojanscope as ts
 from trojanscope.attacks import MaskPatternTrigger
+from trojanscope.demo import demo_instance
 from trojanscope.mitigations._base import ReversedPerturbation, reversed_trigger
 from trojanscope.mitigations.input_filter import FilteredModel
 
@@ -136,7 +137,7 @@ def test_mitigation_refuses_clean_scan_and_bad_model(backdoor, repair_data):
 def test_mitigation_runs_neural_cleanse_when_no_scan(backdoor, repair_data):
     clean, test = repair_data
     m = copy.deepcopy(backdoor["backdoored"])
-    det = ts.get("model_detector", "neural_cleanse").for_demo()
+    det = demo_instance("model_detector", "neural_cleanse")
     res = ts.create("mitigation", "unlearn", scan_params=det.get_params()).apply(
         m, clean, test=test, true_trigger=backdoor["trigger"])
     assert res.extra["target"] == backdoor["target"]
@@ -170,7 +171,7 @@ def test_multiple_triggers_need_several_rounds():
     m = create_model("small_cnn", 10, (1, 16, 16))
     train(m, both, epochs=15, lr=0.05, seed=0)
     assert attack_success_rate(m, te, t1, 0)["asr"] > 0.9 and attack_success_rate(m, te, t2, 5)["asr"] > 0.9
-    nc = ts.get("model_detector", "neural_cleanse").for_demo().get_params()
+    nc = demo_instance("model_detector", "neural_cleanse").get_params()
     clean = tr.clean_subset(60, seed=1)
     r = ts.create("mitigation", "unlearn", max_rounds=3, scan_params=nc).apply(m, clean, test=te)
     rounds = r.extra["rounds"]

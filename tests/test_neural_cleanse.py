@@ -11,6 +11,7 @@ from conftest import assert_unchanged, state_snapshot
 from torch import nn
 
 import trojanscope as ts
+from trojanscope.demo import demo_instance
 from trojanscope.detectors.model._stats import anomaly_index, robust_z, small_outlier
 from trojanscope.detectors.model.neural_cleanse import NeuralCleanse
 
@@ -115,7 +116,8 @@ def test_bad_parameters(backdoor, clean_few, bad):
 def test_registered_and_demo_settings():
     det = ts.create("model_detector", "neural_cleanse")
     assert isinstance(det, NeuralCleanse) and det.get_params()["init_cost"] == 1e-3
-    assert isinstance(NeuralCleanse.for_demo(), NeuralCleanse)
+    demo = demo_instance("model_detector", "neural_cleanse")
+    assert isinstance(demo, NeuralCleanse) and demo.get_params()["init_cost"] == 1e-2
 
 
 def test_saturated_masks_stay_in_unit_range_and_stamp():

@@ -13,10 +13,11 @@ import torch
 from conftest import assert_unchanged, state_snapshot
 
 import trojanscope as ts
+from trojanscope.demo import demo_instance
 
 
 def _demo_instance(kind: str, name: str):
-    inst = ts.get(kind, name).for_demo()
+    inst = demo_instance(kind, name)
     if inst is None:
         pytest.skip(f"{name} needs inputs the demo does not have")
     return inst
@@ -88,3 +89,21 @@ def test_gradient_methods_refuse_forward_only_models(name, backdoor):
     fo = wrap_model(backdoor["backdoored"], num_classes=10, in_shape=(1, 16, 16), forward_only=True)
     with pytest.raises(ts.InputError, match="gradient"):
         det.scan(fo, backdoor["train"].clean_subset(2, seed=0))
+
+
+def test_demo_table_names_registered_methods_and_their_parameters():
+    """The demo's settings live in the demo (not on the method classes): every entry must name
+    a registered method and parameters it takes, so a rename cannot silently drop a setting."""
+    import inspect
+
+    from trojanscope.demo import DEMO_PARAMS, demo_params
+
+    for kind, table in DEMO_PARAMS.items():
+        for name, params in table.items():
+            assert name in ts.available(kind), (kind, name)
+            sig = inspect.signature(ts.get(kind, name))
+            assert not set(params or {}) - set(sig.parameters), (kind, name, params)
+    for name in ts.available("mitigation"):  # a repair without a scan runs the demo's short scan
+        scan = demo_params("mitigation", name)["scan_params"]
+        assert scan == demo_instance("model_detector", "neural_cleanse").get_params()
+    assert demo_instance("model_detector", "ulp") is None

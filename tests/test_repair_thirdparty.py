@@ -18,6 +18,7 @@ import trojanscope as ts
 from trojanscope.attacks import PatchTrigger, PoisoningAttack
 from trojanscope.cli.main import app
 from trojanscope.data import load_dataset
+from trojanscope.demo import demo_instance
 from trojanscope.metrics import accuracy, attack_success_rate
 from trojanscope.models import load_model, named_layers, record, save_model
 
@@ -180,7 +181,7 @@ def test_exported_in_training_mode_is_frozen(thirdparty, tmp_path):
 
 
 def _cli_mitigate(tp, out, *extra):
-    nc = ts.get("model_detector", "neural_cleanse").for_demo().get_params()
+    nc = demo_instance("model_detector", "neural_cleanse").get_params()
     scan_sets = [a for k, v in nc.items() if k in ("epochs", "steps_per_epoch", "batch_size", "patience",
                                                      "early_stop_patience", "init_cost")
                  for a in ("--scan-set", f"{k}={v}")]

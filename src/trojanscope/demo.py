@@ -50,10 +50,60 @@ def demo_models(seed: int = 0, epochs: int = 15) -> dict[str, Any]:
     return out
 
 
+#: The demo's settings: ``{kind: {name: {param: value}}}``, or ``None`` to skip a method that
+#: needs inputs the demo does not have. A method not listed runs with its defaults. These are
+#: short budgets that finish in seconds on the 16x16 digits models, not recommendations: the
+#: method classes know nothing of the demo (docs/development.md).
+DEMO_PARAMS: dict[str, dict[str, dict[str, Any] | None]] = {
+    "model_detector": {
+        # fewer, smaller epochs and a 10x larger initial cost so masks shrink fast
+        "neural_cleanse": {"epochs": 60, "steps_per_epoch": 3, "batch_size": 24, "patience": 3,
+                           "early_stop_patience": 6, "init_cost": 1e-2},
+        "lred": {"variant": "A", "n_per_class": 8, "rel_step": 0.2},  # 4 per class: false alarms
+        "lred_perceptible": {"n_per_class": 6, "steps": 200},  # 4 per class: false alarms
+        "mm_bd": {"restarts": 10, "steps": 150},
+        # the demo has no reference model: reference-free, small, a few seconds on a CPU
+        "bias_maps": {"inputs": "data", "n_samples": 64, "iterations": 10, "eps": 0.1},
+        "ulp": None,  # the demo has no trained ULP file
+    },
+    "input_detector": {
+        "uncertainty": {"n_samples": 50},
+        "strip": {"n_blend": 32},
+        "mutation": {"n_mutants": 50},
+    },
+    # mitigations: their defaults, plus the demo settings of the scan they run first (below)
+    "mitigation": {},
+}
+
+
+def demo_params(kind: str, name: str) -> dict[str, Any] | None:
+    """The demo's parameters of a registered method (a fresh dict), or None when the demo skips it.
+
+    A mitigation gets the demo settings of its ``scan_method`` as ``scan_params`` (all of the
+    detector's parameters, as the report records them), so a repair without a given scan runs
+    the same short scan as the demo.
+    """
+    table = DEMO_PARAMS.get(kind, {})
+    if name in table and table[name] is None:
+        return None
+    params = dict(table.get(name) or {})
+    if kind == "mitigation" and "scan_params" not in params:
+        scan_method = params.get("scan_method", _registry.get(kind, name).scan_method)
+        det = demo_instance("model_detector", scan_method)
+        params["scan_params"] = det.get_params() if det is not None else None
+    return params
+
+
+def demo_instance(kind: str, name: str) -> Any:
+    """An instance of a registered method with the demo's settings, or None when the demo skips it."""
+    params = demo_params(kind, name)
+    return None if params is None else _registry.get(kind, name)(**params)
+
+
 def _demo_instances(kind: str, methods: list[str] | None, report: dict[str, Any], log: Log):
     """(name, instance) of every registered method of ``kind`` with demo settings; methods that
-    need inputs the demo does not have (``for_demo()`` is None) and experimental ones not named
-    in ``methods`` are recorded as skipped."""
+    need inputs the demo does not have (None in :data:`DEMO_PARAMS`) and experimental ones not
+    named in ``methods`` are recorded as skipped."""
     for name in _registry.available(kind):
         if methods and name not in methods:
             continue
@@ -63,7 +113,7 @@ def _demo_instances(kind: str, methods: list[str] | None, report: dict[str, Any]
                                       f"(--method {name}): {cls.experimental}"})
             log(f"{name:>16}: skipped, experimental, run only when named (--method {name})")
             continue
-        inst = cls.for_demo()
+        inst = demo_instance(kind, name)
         if inst is None:
             report["skipped"].append({"method": name, "why": "needs inputs the demo does not have"})
             log(f"{name:>16}: skipped, needs inputs the demo does not have")

@@ -292,12 +292,3 @@ class Mitigation(Configurable):
         """Repair ``model`` (a copy, modify freely) for one target; return a dict that may hold
         ``model`` (a replacement module), ``history`` (per-step records), ``pruned`` and extras."""
         raise NotImplementedError
-
-    @classmethod
-    def for_demo(cls) -> Mitigation | None:
-        """Default settings, with the scan's demo settings for when no scan is passed."""
-        from .._registry import get
-
-        det = get("model_detector", cls.scan_method).for_demo()
-        return cls(scan_params=det.get_params() if det is not None else None)
-

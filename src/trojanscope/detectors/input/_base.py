@@ -86,7 +86,3 @@ class InputDetector(Configurable):
 
     def _score(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
-
-    @classmethod
-    def for_demo(cls) -> InputDetector | None:
-        return cls()

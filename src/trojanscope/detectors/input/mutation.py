@@ -110,7 +110,3 @@ class ModelMutation(LabelChangeStages, InputDetector):
     def _copy_predictions(self, stage: str, h: torch.Tensor) -> torch.Tensor:
         params = {k: v.to(h.device) for k, v in self.copies_[stage].items()}
         return mutant_predictions(self.head_, params, h, self.batch_size)
-
-    @classmethod
-    def for_demo(cls) -> ModelMutation:
-        return cls(n_mutants=50)

@@ -63,7 +63,3 @@ class Strip(InputDetector):
 
     def _score(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return -self.entropy(model, x)
-
-    @classmethod
-    def for_demo(cls) -> Strip:
-        return cls(n_blend=32)

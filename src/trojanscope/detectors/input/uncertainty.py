@@ -102,7 +102,3 @@ class BayesianUncertainty(LabelChangeStages, InputDetector):
         masks = [m.to(h.device) for m in self.copies_[stage]]
         return torch.cat([dropout_predictions(self.head_, h[i : i + self.batch_size], masks)
                           for i in range(0, len(h), self.batch_size)], 1)
-
-    @classmethod
-    def for_demo(cls) -> BayesianUncertainty:
-        return cls(n_samples=50)

@@ -120,8 +120,3 @@ class ModelDetector(Configurable):
     def _scan_without_data(self, model: nn.Module, in_shape: tuple[int, int, int], num_classes: int,
                            progress: ProgressFn | None) -> ScanResult:  # pragma: no cover
         raise NotImplementedError
-
-    @classmethod
-    def for_demo(cls) -> ModelDetector | None:
-        """An instance with settings suitable for the digits demo, or None to skip the method."""
-        return cls()

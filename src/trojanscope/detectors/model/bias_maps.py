@@ -138,11 +138,6 @@ class BiasMaps(ModelDetector):
         params["reference"] = None if ref is None else type(ref).__name__
         return params
 
-    @classmethod
-    def for_demo(cls) -> BiasMaps:
-        """The demo has no reference model: reference-free, small, a few seconds on a CPU."""
-        return cls(inputs="data", n_samples=64, iterations=10, eps=0.1)
-
     # ------------------------------------------------------------------ checks and inputs
 
     def _check_params(self) -> None:

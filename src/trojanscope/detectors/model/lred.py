@@ -109,10 +109,6 @@ class LRED(ModelDetector):
         self.batch_size = batch_size
         self.seed = seed
 
-    @classmethod
-    def for_demo(cls) -> LRED:
-        return cls(variant="A", n_per_class=8, rel_step=0.2)  # 4 per class: false alarms on the demo
-
     def _check_params(self) -> None:
         if self.variant not in _VARIANTS:
             raise InputError(f"unknown L-RED variant {self.variant!r}; use one of {', '.join(_VARIANTS)}")

@@ -70,10 +70,6 @@ class LREDPerceptible(ModelDetector):
         self.anneal = anneal
         self.seed = seed
 
-    @classmethod
-    def for_demo(cls) -> LREDPerceptible:
-        return cls(n_per_class=6, steps=200)  # 4 images per class gave false alarms on the demo
-
     def _scan(self, model: nn.Module, clean: ImageData, num_classes: int,
               progress: ProgressFn | None) -> ScanResult:
         if not 0 < self.pi < 1 or not 0 < self.theta < 1:

@@ -157,10 +157,6 @@ class MMBD(ModelDetector):
         self.batch_size = batch_size
         self.seed = seed
 
-    @classmethod
-    def for_demo(cls) -> MMBD:
-        return cls(restarts=10, steps=150)
-
     def _check_params(self, num_classes: int) -> None:
         if self.optimizer not in _OPTIMIZERS:
             raise InputError(f"unknown optimizer {self.optimizer!r}; use one of {', '.join(_OPTIMIZERS)}")

@@ -128,15 +128,6 @@ class NeuralCleanse(ModelDetector):
         self.max_batch = max_batch
         self.seed = seed
 
-    @classmethod
-    def for_demo(cls) -> NeuralCleanse:
-        """Settings that finish in a few seconds on the 16x16 digits demo model.
-
-        A short budget: fewer, smaller epochs and a 10x larger initial cost so masks shrink fast.
-        """
-        return cls(epochs=60, steps_per_epoch=3, batch_size=24, patience=3, early_stop_patience=6,
-                   init_cost=1e-2)
-
     # ------------------------------------------------------------------ checks and candidates
     def _check_params(self) -> None:
         if self.mode not in ("all_to_one", "source_specific"):

@@ -219,9 +219,5 @@ class ULP(ModelDetector):
                                  "sort_logits": ulp.sort_logits, "noise_input": ulp.noise_input,
                                  "trained_on": ulp.dataset})
 
-    @classmethod
-    def for_demo(cls) -> ModelDetector | None:
-        return None  # the demo has no trained ULP file
-
 
 __all__ = ["POOLINGS", "LitmusPatterns", "ULP", "load_ulp", "train_ulp"]
