@@ -49,11 +49,11 @@ class LREDPerceptible(ModelDetector):
         seed: which clean images are used.
     """
 
-    experimental = ("L-RED appendix A.3 proposes it without experiments; on MNIST it names a BadNets "
-                    "target but reaches p < 0.05 in 1 of 3 draws and misses a single-source patch "
-                    "(bench/results/lred_perceptible_mnist.json), and it flags the demo's clean "
-                    "digits model (a few pixels turn a 1 into an 8). For perceptible triggers prefer "
-                    "neural_cleanse, or bias_maps with a clean reference for a one-source patch")
+    experimental = ("L-RED appendix A.3 proposes it without experiments; measured on MNIST it "
+                    "rarely reaches significance on a BadNets patch, misses a single-source patch "
+                    "and can flag a clean model whose classes are a few pixels apart (see "
+                    "docs/methods/lred.md). For perceptible triggers prefer neural_cleanse, or "
+                    "bias_maps with a clean reference for a one-source patch")
 
     def __init__(self, *, n_per_class: int | None = 8, pi: float = 0.9, theta: float = 0.05,
                  steps: int = 300, lr: float = 0.1, init_cost: float = 1e-3,
