@@ -23,6 +23,11 @@ def test_demo_end_to_end(tmp_path):
     nc_bd, nc_cl = scans[("neural_cleanse", "backdoored")], scans[("neural_cleanse", "clean")]
     assert nc_bd["backdoored"] and nc_bd["target"] == rep["demo"]["target"]
     assert not nc_cl["backdoored"]
+    # the scans go through the workflow (scan_model): one combined verdict per model, the one
+    # `trojanscope scan` would give (measured: p = 0.0002 backdoored, 0.97 clean)
+    v = rep["verdicts"]
+    assert v["backdoored"]["verdict"] == "backdoored" and v["backdoored"]["target"] == rep["demo"]["target"]
+    assert v["clean"]["verdict"] == "clean"
     assert not [s for s in rep["skipped"] if "error" in s], rep["skipped"]
     # experimental methods run only when named
     assert "lred_perceptible" not in {s["method"] for s in rep["model_scans"]}

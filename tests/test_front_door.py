@@ -189,6 +189,22 @@ def test_scan_model_library_report(backdoor, clean_few):
     assert any("epoch" in p and p.get("method") == "neural_cleanse" for p in seen)
 
 
+
+def test_keep_going_records_a_named_method_that_fails(backdoor, clean_few):
+    """A named method that fails is an error by default; with keep_going (the demo) it is
+    recorded, and a verdict without evidence is inconclusive, never clean."""
+    from trojanscope import scan_model
+
+    bad = {"bias_maps": {"eps": 5.0}}  # eps must be in (0, 1]: the scan raises an InputError
+    with pytest.raises(InputError, match="bias_maps"):
+        scan_model(backdoor["backdoored"], clean_few, ["bias_maps"], params=bad)
+    rep = scan_model(backdoor["backdoored"], clean_few, ["bias_maps"], params=bad, keep_going=True)
+    (run,) = rep.methods
+    assert run.status == "failed" and "eps" in run.error
+    assert rep.verdict.verdict == "inconclusive" and rep.exit_code == 3
+    validate(rep.to_dict())
+
+
 # --------------------------------------------------------------- list, version, progress
 
 def test_list_methods_with_parameters_and_defaults():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +20,11 @@ from .data import load_dataset
 from .metrics import accuracy, attack_success_rate, roc_auc
 from .models import create_model
 from .report.html import write_html
-from .report.json_report import SCHEMA, write_json
+from .report.json_report import SCHEMA, report_from_results, write_json
 from .report.prep import trigger_examples
 from .train import train
 from .utils import to_jsonable, versions
+from .workflows import ScanReport, repair_model, scan_model
 
 Log = Callable[[str], None]
 
@@ -100,8 +101,9 @@ def demo_instance(kind: str, name: str) -> Any:
     return None if params is None else _registry.get(kind, name)(**params)
 
 
-def _demo_instances(kind: str, methods: list[str] | None, report: dict[str, Any], log: Log):
-    """(name, instance) of every registered method of ``kind`` with demo settings; methods that
+def _demo_methods(kind: str, methods: list[str] | None, report: dict[str, Any], log: Log
+                  ) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(name, demo parameters) of every registered method of ``kind``; methods that
     need inputs the demo does not have (None in :data:`DEMO_PARAMS`) and experimental ones not
     named in ``methods`` are recorded as skipped."""
     for name in _registry.available(kind):
@@ -113,12 +115,45 @@ def _demo_instances(kind: str, methods: list[str] | None, report: dict[str, Any]
                                       f"(--method {name}): {cls.experimental}"})
             log(f"{name:>16}: skipped, experimental, run only when named (--method {name})")
             continue
-        inst = demo_instance(kind, name)
-        if inst is None:
+        params = demo_params(kind, name)
+        if params is None:
             report["skipped"].append({"method": name, "why": "needs inputs the demo does not have"})
             log(f"{name:>16}: skipped, needs inputs the demo does not have")
             continue
-        yield name, inst
+        yield name, params
+
+
+def _scan(which: str, model: torch.nn.Module, clean: Any, chosen: dict[str, dict[str, Any]], seed: int,
+          report: dict[str, Any], log: Log) -> ScanReport:
+    """:func:`~trojanscope.workflows.scan_model` of one demo model with the demo's settings; a
+    failing method is recorded (in ``report["skipped"]``) and the others run."""
+
+    def relay(p: dict[str, Any]) -> None:
+        if p.get("stage") == "method_done":
+            stat = p.get("statistic")
+            log(f"{p['method']:>16} on {which:>10}: backdoored={p['backdoored']} target={p.get('target')} "
+                f"statistic={stat:.3g} ({p['seconds']:.1f}s)"
+                + (" [experimental]" if _registry.get("model_detector", p["method"]).experimental else ""))
+
+    try:
+        rep = scan_model(model, clean, list(chosen), params=chosen, seed=seed, keep_going=True,
+                         progress=relay, data_info={"name": "digits", "split": "train"})
+    except Exception as e:  # the demo reports a failing scan instead of stopping
+        for name in chosen:
+            report["skipped"].append({"method": name, "model": which, "error": repr(e),
+                                      "traceback": traceback.format_exc(limit=3)})
+        log(f"scan of {which}: FAILED {e!r}")
+        return report_from_results([], model={"name": which})
+    for run in rep.methods:
+        if run.status == "failed":
+            report["skipped"].append({"method": run.method, "model": which, "error": run.error})
+            log(f"{run.method} on {which}: FAILED {run.error}")
+    if rep.sanity is not None and not rep.sanity.passed:
+        report["skipped"].append({"model": which, "why": rep.sanity.reason})
+        log(f"{which}: {rep.sanity.reason}")
+    log(f"{'verdict':>16} on {which:>10}: {rep.verdict.verdict}"
+        + (f", target {rep.verdict.target}" if rep.verdict.target is not None else ""))
+    return rep
 
 
 def run_demo(out_dir: str | Path = "trojanscope-demo", *, seed: int = 0, log: Log | None = None,
@@ -147,27 +182,27 @@ def run_demo(out_dir: str | Path = "trojanscope-demo", *, seed: int = 0, log: Lo
     for k, v in report["models"].items():
         log(f"{k}: CTA {v['cta']:.1%}  ASR {v['asr']:.1%}")
 
-    scans = {"clean": [], "backdoored": []}
-    for name, det in _demo_instances("model_detector", methods, report, log):
-        for which, m in models.items():
-            try:
-                r = det.scan(m, clean_ref)
-            except Exception as e:  # the demo reports a failing method instead of stopping
-                report["skipped"].append({"method": name, "model": which, "error": repr(e),
-                                          "traceback": traceback.format_exc(limit=3)})
-                log(f"{name} on {which}: FAILED {e!r}")
+    # the model scans go through the front-door workflow, as `trojanscope scan` does: sanity
+    # gate, the methods, one combined verdict per model
+    chosen = dict(_demo_methods("model_detector", methods, report, log))
+    scan_reports = {which: _scan(which, m, clean_ref, chosen, seed, report, log)
+                    for which, m in models.items()} if chosen else {}
+    report["verdicts"] = {which: r.verdict.to_dict() for which, r in scan_reports.items()}
+    for name in chosen:  # method by method, both models, as the demo has always listed them
+        for which, rep in scan_reports.items():
+            run = next(r for r in rep.methods if r.method == name)
+            if run.result is None:
                 continue
-            scans[which].append(r)
-            d = r.to_dict()
+            d = run.result.to_dict()
             d["model"] = which
             report["model_scans"].append(d)
-            log(f"{name:>16} on {which:>10}: backdoored={r.backdoored} target={r.target} "
-                f"statistic={r.statistic:.3g} ({r.seconds:.1f}s)" + (" [experimental]" if det.experimental else ""))
+    scans = {which: rep.results for which, rep in scan_reports.items()}
 
     x_clean = test.of_classes([target], exclude=True).x
     x_trig = trigger.apply(x_clean)
-    for name, det in _demo_instances("input_detector", methods, report, log):
+    for name, params in _demo_methods("input_detector", methods, report, log):
         try:
+            det = _registry.get("input_detector", name)(**params)
             t1 = time.perf_counter()
             det.fit(models["backdoored"], clean_60)
             sc, st = det.score(x_clean), det.score(x_trig)
@@ -183,11 +218,11 @@ def run_demo(out_dir: str | Path = "trojanscope-demo", *, seed: int = 0, log: Lo
         log(f"{name:>16}: AUC {row['auc']:.3f}  TPR {row['tpr_triggered']:.1%} at FPR {row['fpr_clean']:.1%}")
 
     # reuse the demo's Neural Cleanse scan (mitigations would otherwise run it again)
-    nc = next((r for r in scans["backdoored"] if r.method == "neural_cleanse" and r.backdoored), None)
-    for name, mit in _demo_instances("mitigation", methods, report, log):
+    nc = next((r for r in scans.get("backdoored", []) if r.method == "neural_cleanse" and r.backdoored), None)
+    for name, params in _demo_methods("mitigation", methods, report, log):
         try:
-            r = mit.apply(models["backdoored"], clean_60, nc, test=test,
-                          true_trigger=trigger)
+            r = repair_model(models["backdoored"], clean_60, name, params=params,
+                             scan=nc, test=test, true_trigger=trigger).result
         except Exception as e:
             report["skipped"].append({"method": name, "error": repr(e)})
             log(f"{name}: FAILED {e!r}")
@@ -201,8 +236,10 @@ def run_demo(out_dir: str | Path = "trojanscope-demo", *, seed: int = 0, log: Lo
     write_json(out_dir / "report.json", report)
     # the report shows the reversed trigger stamped on clean images (the model's predictions
     # before/after are computed here, the renderer only draws them)
-    examples = trigger_examples(models["backdoored"], clean_ref, scans["backdoored"], seed=seed)
-    write_html(out_dir / "report.html", "demo: backdoored small_cnn", scans["backdoored"],
-               extra_sections={"demo": report}, examples=examples)
+    bd_scans = scans.get("backdoored", [])
+    examples = trigger_examples(models["backdoored"], clean_ref, bd_scans, seed=seed)
+    write_html(out_dir / "report.html", "demo: backdoored small_cnn", bd_scans,
+               extra_sections={"demo": report}, examples=examples,
+               verdict=report["verdicts"].get("backdoored"))
     report["html"] = str(out_dir / "report.html")
     return report

@@ -35,7 +35,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -54,6 +54,9 @@ from .data import ImageData
 from .errors import InputError, TrojanscopeError
 from .types import InputScores, MitigationResult, ScanResult
 from .utils import model_device, to_jsonable, versions
+
+if TYPE_CHECKING:
+    from .mitigations._base import Mitigation
 
 #: Version of the report layout written by ``to_dict()`` (the JSON Schema under report/ follows it).
 REPORT_SCHEMA = 2
@@ -497,7 +500,7 @@ def scan_model(model: nn.Module, clean: CleanData | None, methods: str | Sequenc
                recorded_accuracy: float | None = None, model_path: str | Path | None = None,
                data_info: Mapping[str, Any] | None = None,
                progress: ProgressFn | None = None, in_shape: Sequence[int] | None = None,
-               num_classes: int | None = None) -> ScanReport:
+               num_classes: int | None = None, keep_going: bool | None = None) -> ScanReport:
     """Is ``model`` backdoored? Sanity gate, detectors, one combined verdict.
 
     Args:
@@ -522,15 +525,20 @@ def scan_model(model: nn.Module, clean: CleanData | None, methods: str | Sequenc
         in_shape: (C, H, W) for a scan without data (default: the model's ``in_shape``).
         num_classes: without data, the class count the model must return (default: probed
             from its output).
+        keep_going: when a method fails, record it (status ``"failed"``, which makes a
+            "clean" verdict inconclusive) and run the others, instead of raising. Default: only
+            in auto mode (an explicitly named method that fails is an error); the demo sets it.
 
     Raises:
         InputError: unknown methods or parameters, a model that cannot take the images, or an
             explicitly named method that fails (in auto mode a failing method is recorded and
-            makes a "clean" verdict inconclusive instead).
+            makes a "clean" verdict inconclusive instead; see ``keep_going``).
     """
     t_start = time.perf_counter()
     check_model(model)
     auto = isinstance(methods, str) and methods.strip() == "auto"
+    if keep_going is None:
+        keep_going = auto
     mdesc = describe_model(model, model_path)
     if recorded_accuracy is None:
         recorded_accuracy = mdesc["sidecar"]["accuracy"]
@@ -598,7 +606,7 @@ def scan_model(model: nn.Module, clean: CleanData | None, methods: str | Sequenc
         try:
             r = det.scan(model, data, progress=inner if progress else None, in_shape=shape)
         except TrojanscopeError as e:
-            if not auto:
+            if not keep_going:
                 raise InputError(f"{name}: {e}") from None
             failed.append(name)
             runs.append(MethodRun(name, "failed", error=str(e), why=f"{name} could not run: {e}"))
@@ -609,8 +617,8 @@ def scan_model(model: nn.Module, clean: CleanData | None, methods: str | Sequenc
                               calibration=calib if isinstance(calib, str) else (
                                   None if r.p_value is None else "the method's own test"),
                               candidate_target=candidate_target(r), why=_why(r)))
-        _emit(progress, stage="method_done", method=name, backdoored=r.backdoored,
-              p_value=r.p_value, seconds=r.seconds)
+        _emit(progress, stage="method_done", method=name, backdoored=r.backdoored, target=r.target,
+              statistic=r.statistic, p_value=r.p_value, seconds=r.seconds)
     evidence = [Evidence(m.method, m.p_value, m.candidate_target,
                          list(m.result.sources) if m.result else [], bool(m.result and m.result.backdoored))
                 for m in runs if m.status == "ok"]
@@ -751,7 +759,7 @@ class RepairReport:
         return to_jsonable({**env, "result": self.result.to_dict()})
 
 
-def repair_model(model: nn.Module, clean: CleanData, method: str = "unlearn", *,
+def repair_model(model: nn.Module, clean: CleanData, method: str | Mitigation = "unlearn", *,
                  params: Mapping[str, Any] | None = None, scan: ScanResult | None = None,
                  test: ImageData | None = None, true_trigger: Any = None,
                  model_path: str | Path | None = None, data_info: Mapping[str, Any] | None = None,
@@ -761,8 +769,10 @@ def repair_model(model: nn.Module, clean: CleanData, method: str = "unlearn", *,
     Args:
         model: the (suspected) backdoored model; never modified.
         clean: clean labelled images the defender has.
-        method: mitigation registry name.
-        params: its parameters.
+        method: mitigation registry name, or a configured
+            :class:`~trojanscope.mitigations.Mitigation` (the CLI builds it first, to check its
+            settings before loading anything).
+        params: its parameters (with a name only).
         scan, test, true_trigger: passed to :meth:`~trojanscope.mitigations.Mitigation.apply`.
         model_path, data_info: the model file and the data description, recorded in the report.
         progress: optional callback.
@@ -770,11 +780,15 @@ def repair_model(model: nn.Module, clean: CleanData, method: str = "unlearn", *,
     from ._registry import get
 
     t0 = time.perf_counter()
-    cls = get("mitigation", method)
-    try:
-        mit = cls(**dict(params or {}))
-    except TypeError as e:
-        raise InputError(f"bad parameter for {method}: {e}") from None
+    if isinstance(method, str):
+        try:
+            mit = get("mitigation", method)(**dict(params or {}))
+        except TypeError as e:
+            raise InputError(f"bad parameter for {method}: {e}") from None
+    else:
+        if params:
+            raise InputError("repair_model: give params with a method name, not with a configured mitigation")
+        mit, method = method, method.name
     data = as_image_data(clean)
     _emit(progress, stage="repair", method=method)
     res = mit.apply(model, data, scan, test=test, true_trigger=true_trigger, progress=progress)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -62,9 +61,9 @@ def inputs_cmd(
 
     from .._registry import available
     from ..data.files import load_images
-    from ..guard import Guard
     from ..report.json_report import SCHEMA
-    from ..utils import atomic_write_json, resolve_device, to_jsonable, versions
+    from ..utils import atomic_write_json, resolve_device, to_jsonable
+    from ..workflows import guard_inputs
 
     methods = [m.strip() for m in method.split(",") if m.strip()]
     known = available("input_detector")
@@ -85,22 +84,23 @@ def inputs_cmd(
         else:
             raise InputError(f"suspect images have {x.shape[1]} channels but {data} has {train.in_shape[0]}")
     clean = train.clean_subset(n_clean, seed=seed)
-    guard = Guard(model, params, fpr=fpr, split_fpr=not per_method_fpr, seed=seed)
     with progress_reporter(f"fitting {len(methods)} detectors on {len(clean)} clean images, scoring "
                            f"{len(x)} suspect inputs") as prog:
-        guard.fit(clean, progress=lambda p: prog({"stage": "fit", "method": p["detector"]}))
-        res = guard.predict(x, progress=lambda p: prog({"stage": "score", "method": p["detector"]}))
+        rep = guard_inputs(model, clean, x, methods, params=params, fpr=fpr, split_fpr=not per_method_fpr,
+                           seed=seed, inputs=names, model_path=model_path,
+                           data_info={"name": data, "split": "train"}, progress=prog)
+    per_fpr, fit_s = rep.parameters["per_method_fpr"], rep.timings["fit"]
 
     table = Table(title=f"{suspect.name}: {len(x)} inputs, clean reference {len(clean)} {data} training images")
     for col in ("method", "FPR target", "threshold", "flagged", "ms / input"):
         table.add_column(col, justify="left" if col == "method" else "right")
-    for m in methods:
-        f = res.flags[m]
-        table.add_row(m, f"{res.fpr[m]:.3g}", f"{res.thresholds[m]:.4g}",
-                      f"{int(f.sum())} ({float(f.float().mean()):.1%})", f"{1000 * res.seconds[m] / len(x):.2f}")
+    for r in rep.results:
+        f = r.flags
+        table.add_row(r.method, f"{per_fpr[r.method]:.3g}", f"{r.threshold:.4g}",
+                      f"{int(f.sum())} ({float(f.float().mean()):.1%})", f"{1000 * r.seconds / len(x):.2f}")
     out.print(table)
-    out.print(f"flagged by at least one method: {int(res.flagged.sum())} of {len(x)} "
-              f"({float(res.flagged.float().mean()):.1%})")
+    out.print(f"flagged by at least one method: {int(rep.flagged.sum())} of {len(x)} "
+              f"({float(rep.flagged.float().mean()):.1%})")
     if len(x) <= 20:
         per = Table(title="per input")
         per.add_column("input")
@@ -108,24 +108,22 @@ def inputs_cmd(
         for m in methods:
             per.add_column(m, justify="right")
         for i, n in enumerate(names):
-            per.add_row(n, str(int(res.labels[i])), *[
-                f"{float(res.scores[m][i]):.3g}" + (" [red]FLAG[/]" if bool(res.flags[m][i]) else "") for m in methods])
+            per.add_row(n, str(int(rep.labels[i])), *[
+                f"{float(r.scores[i]):.3g}" + (" [red]FLAG[/]" if bool(r.flags[i]) else "") for r in rep.results])
         out.print(per)
-    if json_out is not None:
+    if json_out is not None:  # the "schema": 1 layout of docs/commands/inputs.md, every score written
         report = {
             "schema": SCHEMA, "model": str(model_path), "dataset": data, "suspect": str(suspect),
-            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-            "n_clean": len(clean), "fpr": fpr, "split_fpr": not per_method_fpr,
-            "inputs": names, "labels": res.labels, "flagged": res.flagged,
-            "results": [{"method": m, "threshold": res.thresholds[m], "fpr": res.fpr[m],
-                         "scores": res.scores[m], "flags": res.flags[m], "seconds": res.seconds[m],
-                         "fit_seconds": guard.fit_seconds_[m], "params": guard.detectors_[m].get_params()}
-                        for m in methods],
-            "versions": versions(),
+            "created": rep.created, "n_clean": len(clean), "fpr": fpr, "split_fpr": rep.split_fpr,
+            "inputs": names, "labels": rep.labels, "flagged": rep.flagged,
+            "results": [{"method": r.method, "threshold": r.threshold, "fpr": per_fpr[r.method],
+                         "scores": r.scores, "flags": r.flags, "seconds": r.seconds,
+                         "fit_seconds": fit_s[r.method], "params": r.params} for r in rep.results],
+            "versions": rep.versions,
         }
         atomic_write_json(json_out, to_jsonable(report))
         out.print(f"wrote {json_out}")
-    raise typer.Exit(1 if bool(res.flagged.any()) else 0)  # 1 = some input flagged
+    raise typer.Exit(rep.exit_code)  # 1 = some input flagged
 
 
 def register(app: typer.Typer) -> None:

@@ -80,9 +80,6 @@ def mitigate(
         raise typer.Exit(code)
 
 
-EXIT_CODES = {"repaired": 0, "ineffective": 1, "refused": 3}
-
-
 def run_mitigate(*, model_path: Path, data: str, data_dir: Path | None, method: str, out_path: Path | None,
                  n_per_class: int, scan_method: str, attack, target, sources, attack_param,
                  sets: list[str] | None, config: Path | None, scan_sets: list[str] | None, max_cta_drop: float,
@@ -91,7 +88,8 @@ def run_mitigate(*, model_path: Path, data: str, data_dir: Path | None, method: 
     from .._registry import available, get
     from ..models import sidecar_path
     from ..report.json_report import SCHEMA
-    from ..utils import atomic_write_json, check_writable, resolve_device, to_jsonable, versions
+    from ..utils import atomic_write_json, check_writable, resolve_device, to_jsonable
+    from ..workflows import repair_model
     from .train import parse_params
 
     if method not in available("mitigation"):
@@ -124,7 +122,9 @@ def run_mitigate(*, model_path: Path, data: str, data_dir: Path | None, method: 
     clean = train_d.clean_subset(n_per_class, seed=seed)
 
     with console.status(f"{method}: scanning and repairing ..."):
-        res = mit.apply(model, clean, test=test, true_trigger=true_trigger)
+        rep = repair_model(model, clean, mit, test=test, true_trigger=true_trigger, model_path=model_path,
+                           data_info={"name": data, "split": "train"})
+    res = rep.result
 
     def pct(v: float | None) -> str:
         return "-" if v is None else f"{v:.2%}"
@@ -154,9 +154,9 @@ def run_mitigate(*, model_path: Path, data: str, data_dir: Path | None, method: 
             out.print(f"not written: {out_path} (the repair was {res.verdict})")
     if json_out is not None:
         atomic_write_json(json_out, to_jsonable({"schema": SCHEMA, "model": str(model_path),
-                                                 "result": result, "versions": versions()}))
+                                                 "result": result, "versions": rep.versions}))
         out.print(f"wrote {json_out}")
-    return EXIT_CODES.get(res.verdict, 3)
+    return rep.exit_code
 
 
 def write_and_check(mit, res, out_path: Path, model_path: Path, test, true_trigger) -> dict[str, Any]:
