@@ -35,7 +35,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -69,6 +69,12 @@ def _now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
+def _json(d: dict[str, Any]) -> dict[str, Any]:
+    """:func:`~trojanscope.utils.to_jsonable` of a dict (which stays a dict)."""
+    out: dict[str, Any] = to_jsonable(d)
+    return out
+
+
 def _emit(progress: ProgressFn | None, **info: Any) -> None:
     if progress is not None:
         progress(info)
@@ -82,17 +88,18 @@ def describe_model(model: nn.Module, path: str | Path | None = None) -> dict[str
     File, architecture, classes, input shape and what its sidecar records (dataset, accuracy,
     normalisation).
     """
-    meta = getattr(model, "metadata", None)
-    meta = meta if isinstance(meta, dict) else {}
-    metrics = meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {}
+    raw = getattr(model, "metadata", None)
+    meta: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    metrics: dict[str, Any] = meta["metrics"] if isinstance(meta.get("metrics"), dict) else {}
     acc = metrics.get("cta") if isinstance(metrics.get("cta"), (int, float)) else None
     norm = getattr(model, "normalize", None)
-    return to_jsonable({
+    in_shape = getattr(model, "in_shape", None)
+    return _json({
         "path": None if path is None else str(path),
         "name": Path(path).name if path is not None else meta.get("file", type(model).__name__),
         "arch": getattr(model, "arch", None) or type(model).__name__,
         "num_classes": getattr(model, "num_classes", None),
-        "in_shape": list(model.in_shape) if getattr(model, "in_shape", None) else None,
+        "in_shape": list(in_shape) if in_shape else None,
         "forward_only": bool(getattr(model, "forward_only", False)),
         "normalize": None if norm is None else {"mean": norm.mean.flatten().tolist(),
                                                 "std": norm.std.flatten().tolist()},
@@ -106,13 +113,26 @@ def describe_data(data: ImageData | None, **info: Any) -> dict[str, Any]:
     if data is None:
         return {"name": info.pop("name", None), "n_images": 0, **info}
     counts = torch.bincount(data.y.cpu(), minlength=data.num_classes).tolist()
-    return to_jsonable({"name": info.pop("name", data.name), "n_images": len(data),
-                        "num_classes": data.num_classes, "in_shape": list(data.in_shape),
-                        "per_class": counts, **info})
+    return _json({"name": info.pop("name", data.name), "n_images": len(data),
+                  "num_classes": data.num_classes, "in_shape": list(data.in_shape),
+                  "per_class": counts, **info})
 
 
-@dataclass
-class _Envelope:
+@dataclass(kw_only=True)
+class Envelope:
+    """What every workflow report carries (keyword-only fields, after each report's own).
+
+    Attributes:
+        model: :func:`describe_model` of the model.
+        data: :func:`describe_data` of the clean images.
+        parameters: every setting of the run (methods and their parameters, seed, device, ...).
+        timings: seconds per stage and ``total``.
+        versions: library versions (:func:`~trojanscope.utils.versions`).
+        created: ISO-8601 UTC time the report was made.
+    """
+
+    kind: ClassVar[str] = ""  # the report's ``kind`` key: "scan", "inputs", "mitigate"
+
     model: dict[str, Any]
     data: dict[str, Any]
     parameters: dict[str, Any]
@@ -120,8 +140,9 @@ class _Envelope:
     versions: dict[str, Any] = field(default_factory=versions)
     created: str = field(default_factory=_now)
 
-    def envelope(self, kind: str) -> dict[str, Any]:
-        return {"schema": REPORT_SCHEMA, "kind": kind, "created": self.created, "model": self.model,
+    def envelope(self) -> dict[str, Any]:
+        """The report's first keys: ``schema``, ``kind``, ``created`` and the envelope fields."""
+        return {"schema": REPORT_SCHEMA, "kind": self.kind, "created": self.created, "model": self.model,
                 "data": self.data, "parameters": self.parameters, "versions": self.versions,
                 "timings": self.timings}
 
@@ -170,7 +191,7 @@ class SanityCheck:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict of every field."""
-        return to_jsonable({k: getattr(self, k) for k in self.__dataclass_fields__})
+        return _json({k: getattr(self, k) for k in self.__dataclass_fields__})
 
 
 def _fmt_floats(v: Sequence[float]) -> str:
@@ -303,10 +324,10 @@ class MethodRun:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict of the method's outcome."""
-        return to_jsonable({"method": self.method, "status": self.status, "p_value": self.p_value,
-                            "calibration": self.calibration, "candidate_target": self.candidate_target,
-                            "why": self.why, "error": self.error,
-                            "result": None if self.result is None else self.result.to_dict()})
+        return _json({"method": self.method, "status": self.status, "p_value": self.p_value,
+                      "calibration": self.calibration, "candidate_target": self.candidate_target,
+                      "why": self.why, "error": self.error,
+                      "result": None if self.result is None else self.result.to_dict()})
 
 
 def candidate_target(r: ScanResult) -> int | None:
@@ -425,25 +446,21 @@ def build_detectors(names: Sequence[str], params: Mapping[str, Mapping[str, Any]
 # ------------------------------------------------------------------------------ scan_model
 
 @dataclass
-class ScanReport:
+class ScanReport(Envelope):
     """Everything a scan found, with its envelope. ``to_dict()`` is the JSON report.
 
     Attributes:
         verdict: the combined verdict (:class:`~trojanscope.combine.CombinedVerdict`).
         sanity: the sanity gate (None when it was not run: no clean images, or turned off).
         methods: one :class:`MethodRun` per method considered (ran, failed or skipped).
-        model, data, parameters, versions, timings, created: the envelope.
+        model, data, parameters, versions, timings, created: the envelope (:class:`Envelope`).
     """
+
+    kind: ClassVar[str] = "scan"
 
     verdict: CombinedVerdict
     sanity: SanityCheck | None
     methods: list[MethodRun]
-    model: dict[str, Any]
-    data: dict[str, Any]
-    parameters: dict[str, Any]
-    timings: dict[str, Any]
-    versions: dict[str, Any] = field(default_factory=versions)
-    created: str = field(default_factory=_now)
 
     @property
     def exit_code(self) -> int:
@@ -457,11 +474,9 @@ class ScanReport:
 
     def to_dict(self) -> dict[str, Any]:
         """The ``report.json`` document of a scan."""
-        env = _Envelope(self.model, self.data, self.parameters, self.timings, self.versions,
-                        self.created).envelope("scan")
-        return to_jsonable({**env, "verdict": self.verdict.to_dict(),
-                            "sanity": None if self.sanity is None else self.sanity.to_dict(),
-                            "methods": [m.to_dict() for m in self.methods]})
+        return _json({**self.envelope(), "verdict": self.verdict.to_dict(),
+                      "sanity": None if self.sanity is None else self.sanity.to_dict(),
+                      "methods": [m.to_dict() for m in self.methods]})
 
 
 #: What a data-free scan report says about the sanity gate.
@@ -490,7 +505,7 @@ def _data_free_shape(model: nn.Module, in_shape: Sequence[int] | None, num_class
         k = probe_num_classes(model, probe)
     if num_classes is not None and k != num_classes:
         raise InputError(f"the model returns {k} classes, not the {num_classes} given")
-    return shape, k  # type: ignore[return-value]
+    return shape, k
 
 
 def scan_model(model: nn.Module, clean: CleanData | None, methods: str | Sequence[str] = "auto", *,
@@ -579,7 +594,7 @@ def scan_model(model: nn.Module, clean: CleanData | None, methods: str | Sequenc
                   "unused_settings": sorted(set(params or {}) - set(names))}
     timings: dict[str, Any] = {"sanity": 0.0, "methods": {}, "total": 0.0}
     dinfo = describe_data(data, **dict(data_info or {}))
-    if data is None:
+    if shape is not None:  # data-free
         dinfo.update(in_shape=list(shape), num_classes=k, sanity_gate=NO_DATA_SANITY)
     runs: list[MethodRun] = [MethodRun(s["method"], "skipped", why=s["why"]) for s in skipped]
 
@@ -594,7 +609,8 @@ def scan_model(model: nn.Module, clean: CleanData | None, methods: str | Sequenc
                      for n in names]
             timings["total"] = time.perf_counter() - t_start
             _emit(progress, stage="done", verdict=verdict.verdict)
-            return ScanReport(verdict, gate, runs, mdesc, dinfo, parameters, timings)
+            return ScanReport(verdict, gate, runs, model=mdesc, data=dinfo, parameters=parameters,
+                              timings=timings)
 
     failed: list[str] = []
     for i, (name, det) in enumerate(detectors.items()):
@@ -625,13 +641,13 @@ def scan_model(model: nn.Module, clean: CleanData | None, methods: str | Sequenc
     verdict = combine_evidence(evidence, alpha=alpha, rule=rule, failed=failed)
     timings["total"] = time.perf_counter() - t_start
     _emit(progress, stage="done", verdict=verdict.verdict)
-    return ScanReport(verdict, gate, runs, mdesc, dinfo, parameters, timings)
+    return ScanReport(verdict, gate, runs, model=mdesc, data=dinfo, parameters=parameters, timings=timings)
 
 
 # ---------------------------------------------------------------------------- guard_inputs
 
 @dataclass
-class GuardReport:
+class GuardReport(Envelope):
     """Which suspect inputs the input detectors flag, with the envelope.
 
     Attributes:
@@ -641,20 +657,17 @@ class GuardReport:
         fpr: the target false-positive rate of the guard as a whole; ``split_fpr``: whether it
             was split over the detectors (Bonferroni).
         inputs: names of the inputs (file names), when known.
+        model, data, parameters, versions, timings, created: the envelope (:class:`Envelope`).
     """
+
+    kind: ClassVar[str] = "inputs"
 
     flagged: torch.Tensor
     labels: torch.Tensor
     results: list[InputScores]
     fpr: float
     split_fpr: bool
-    model: dict[str, Any]
-    data: dict[str, Any]
-    parameters: dict[str, Any]
-    timings: dict[str, Any]
     inputs: list[str] | None = None
-    versions: dict[str, Any] = field(default_factory=versions)
-    created: str = field(default_factory=_now)
 
     @property
     def exit_code(self) -> int:
@@ -663,14 +676,12 @@ class GuardReport:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document of a guard run."""
-        env = _Envelope(self.model, self.data, self.parameters, self.timings, self.versions,
-                        self.created).envelope("inputs")
         n = int(self.flagged.numel())
-        return to_jsonable({**env, "verdict": {"flagged": int(self.flagged.sum()), "n_inputs": n,
-                                               "exit_code": self.exit_code},
-                            "fpr": self.fpr, "split_fpr": self.split_fpr, "inputs": self.inputs,
-                            "labels": self.labels, "flagged": self.flagged,
-                            "results": [r.to_dict() for r in self.results]})
+        return _json({**self.envelope(), "verdict": {"flagged": int(self.flagged.sum()), "n_inputs": n,
+                                         "exit_code": self.exit_code},
+                      "fpr": self.fpr, "split_fpr": self.split_fpr, "inputs": self.inputs,
+                      "labels": self.labels, "flagged": self.flagged,
+                      "results": [r.to_dict() for r in self.results]})
 
 
 def guard_inputs(model: nn.Module, clean: CleanData, suspect: torch.Tensor,
@@ -723,29 +734,27 @@ def guard_inputs(model: nn.Module, clean: CleanData, suspect: torch.Tensor,
                   "per_method_fpr": res.fpr, "device": str(model_device(model)),
                   "method_params": {m: guard.detectors_[m].get_params() for m in names}}
     _emit(progress, stage="done", flagged=int(res.flagged.sum()))
-    return GuardReport(res.flagged, res.labels, results, fpr, split_fpr, describe_model(model, model_path),
-                       describe_data(data, **dict(data_info or {})), parameters, timings,
-                       inputs=inputs)
+    return GuardReport(res.flagged, res.labels, results, fpr, split_fpr, inputs=inputs,
+                       model=describe_model(model, model_path),
+                       data=describe_data(data, **dict(data_info or {})), parameters=parameters,
+                       timings=timings)
 
 
 # ---------------------------------------------------------------------------- repair_model
 
 @dataclass
-class RepairReport:
+class RepairReport(Envelope):
     """A repaired model and what the repair cost and achieved, with the envelope.
 
     Attributes:
         result: the :class:`~trojanscope.types.MitigationResult` (``result.model`` is the
             repaired model; the input model is never modified).
+        model, data, parameters, versions, timings, created: the envelope (:class:`Envelope`).
     """
 
+    kind: ClassVar[str] = "mitigate"
+
     result: MitigationResult
-    model: dict[str, Any]
-    data: dict[str, Any]
-    parameters: dict[str, Any]
-    timings: dict[str, Any]
-    versions: dict[str, Any] = field(default_factory=versions)
-    created: str = field(default_factory=_now)
 
     @property
     def exit_code(self) -> int:
@@ -754,9 +763,7 @@ class RepairReport:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document of a repair."""
-        env = _Envelope(self.model, self.data, self.parameters, self.timings, self.versions,
-                        self.created).envelope("mitigate")
-        return to_jsonable({**env, "result": self.result.to_dict()})
+        return _json({**self.envelope(), "result": self.result.to_dict()})
 
 
 def repair_model(model: nn.Module, clean: CleanData, method: str | Mitigation = "unlearn", *,
@@ -793,12 +800,13 @@ def repair_model(model: nn.Module, clean: CleanData, method: str | Mitigation = 
     _emit(progress, stage="repair", method=method)
     res = mit.apply(model, data, scan, test=test, true_trigger=true_trigger, progress=progress)
     _emit(progress, stage="done")
-    return RepairReport(res, describe_model(model, model_path), describe_data(data, **dict(data_info or {})),
-                        {"method": method, "method_params": mit.get_params(),
-                         "device": str(model_device(model))},
-                        {"total": time.perf_counter() - t0, "repair": res.seconds})
+    return RepairReport(res, model=describe_model(model, model_path),
+                        data=describe_data(data, **dict(data_info or {})),
+                        parameters={"method": method, "method_params": mit.get_params(),
+                                    "device": str(model_device(model))},
+                        timings={"total": time.perf_counter() - t0, "repair": res.seconds})
 
 
-__all__ = ["CONVENTIONS", "REPORT_SCHEMA", "GuardReport", "MethodRun", "RepairReport", "SanityCheck",
+__all__ = ["CONVENTIONS", "REPORT_SCHEMA", "Envelope", "GuardReport", "MethodRun", "RepairReport", "SanityCheck",
            "ScanReport", "build_detectors", "candidate_target", "describe_data", "describe_model",
            "guard_inputs", "repair_model", "sanity_check", "scan_model", "select_methods"]
