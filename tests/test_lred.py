@@ -108,6 +108,18 @@ def test_adaptive_step_reaches_fixed_step_norm_with_fewer_gradients():
     # the fixed rule takes ~||v||/delta steps per target (Algorithm 1, step 4)
     steps = np.array(fixed.per_class["steps"])
     assert np.allclose(steps * 4e-3, nf, rtol=0.2)
+    # free growth while nothing is misclassified (weights cannot move there): the same norms,
+    # far fewer gradients than the plain adaptive rule, which starts from delta at 10% a step
+    free = LRED(step="adaptive", delta=4e-3, n_per_class=5, free_step=1.0).scan(lin, clean)
+    slow = LRED(step="adaptive", delta=4e-3, n_per_class=5, free_step=None).scan(lin, clean)
+    nfree = np.array(free.per_class["norm"])
+    assert free.extra["unfinished"] == 0
+    assert np.allclose(nfree, nf, rtol=0.05), (nfree, nf)
+    assert free.extra["gradient_evaluations"] < 0.8 * slow.extra["gradient_evaluations"]
+    # the work counter of every detector counts the same images as L-RED's own bookkeeping
+    # (every group evaluates all of its images; retries run with autograd on too)
+    n_img = len(clean)
+    assert free.extra["work"]["images_with_gradient"] == n_img * free.extra["forward_evaluations"]
 
 
 def test_perceptible_extension_flags_target_not_twin(additive):

@@ -72,10 +72,11 @@ class ModelDetector(Configurable):
         if clean is None:
             return self._scan_no_data(model, in_shape, num_classes, progress)
         prep = prepared(model, clean, method=self.name, needs_gradients=self.needs_gradients)
-        with frozen(model):
+        with frozen(model), _WorkCounter(prep.model) as work:
             t0 = time.perf_counter()
             result = self._scan(prep.model, prep.data, prep.num_classes, progress)
             result.seconds = time.perf_counter() - t0
+        result.extra["work"] = work.record()
         result.method = self.name
         result.params = self.get_params()
         if self.experimental:
@@ -103,9 +104,11 @@ class ModelDetector(Configurable):
             if num_classes is not None and k != num_classes:
                 raise InputError(f"the model returns {k} classes, but {num_classes} were expected")
             net = ensure_logits(model, probe)
-            t0 = time.perf_counter()
-            result = self._scan_without_data(net, in_shape, k, progress)  # type: ignore[arg-type]
-            result.seconds = time.perf_counter() - t0
+            with _WorkCounter(net) as work:
+                t0 = time.perf_counter()
+                result = self._scan_without_data(net, in_shape, k, progress)  # type: ignore[arg-type]
+                result.seconds = time.perf_counter() - t0
+        result.extra["work"] = work.record()
         result.method = self.name
         result.params = self.get_params()
         result.extra.setdefault("clean_images", 0)
@@ -120,3 +123,30 @@ class ModelDetector(Configurable):
     def _scan_without_data(self, model: nn.Module, in_shape: tuple[int, int, int], num_classes: int,
                            progress: ProgressFn | None) -> ScanResult:  # pragma: no cover
         raise NotImplementedError
+
+
+class _WorkCounter:
+    """Counts the images a scan pushes through the model: with autograd on (a gradient pass
+    follows, or could) and without. The speed benchmark reports work in these units, which do
+    not depend on the machine (bench/scan_speed.py)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model, self.grad, self.plain, self._hook = model, 0, 0, None
+
+    def __enter__(self) -> _WorkCounter:
+        self._hook = self.model.register_forward_pre_hook(self._count)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+
+    def _count(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        n = int(args[0].shape[0]) if args and isinstance(args[0], torch.Tensor) and args[0].dim() else 0
+        if torch.is_grad_enabled():
+            self.grad += n
+        else:
+            self.plain += n
+
+    def record(self) -> dict[str, int]:
+        return {"images_with_gradient": self.grad, "images_forward_only": self.plain}

@@ -88,6 +88,9 @@ class LRED(ModelDetector):
         delta: the fixed step size (paper 1e-4); for "adaptive", the finest step.
         rel_step: adaptive step as a fraction of ||v|| (smaller = closer to the fixed-step path).
         tol: adaptive: an overshooting step is halved until <= max(delta, tol * ||v||).
+        free_step: adaptive: the step as a fraction of ||v|| while no clean image is yet
+            misclassified to the putative target (the weights cannot move there, only the
+            discretisation of the gradient ascent changes); None = ``rel_step`` throughout.
         tau_max: most steps per pattern (a pattern that does not reach pi keeps its last norm).
         batch_size: most images per forward pass.
         seed: which clean images are used when there are more than ``n_per_class``.
@@ -95,8 +98,8 @@ class LRED(ModelDetector):
 
     def __init__(self, *, variant: str = "A", n_per_class: int | None = 8, pi: float = 0.9,
                  theta: float = 0.05, step: str = "adaptive", delta: float = 1e-4,
-                 rel_step: float = 0.1, tol: float = 1e-3, tau_max: int = 50_000,
-                 batch_size: int = 4096, seed: int = 0) -> None:
+                 rel_step: float = 0.1, tol: float = 1e-3, free_step: float | None = None,
+                 tau_max: int = 50_000, batch_size: int = 4096, seed: int = 0) -> None:
         self.variant = variant
         self.n_per_class = n_per_class
         self.pi = pi
@@ -105,6 +108,7 @@ class LRED(ModelDetector):
         self.delta = delta
         self.rel_step = rel_step
         self.tol = tol
+        self.free_step = free_step
         self.tau_max = tau_max
         self.batch_size = batch_size
         self.seed = seed
@@ -118,6 +122,8 @@ class LRED(ModelDetector):
             raise InputError(f"theta must be in (0, 1), got {self.theta}")
         if self.delta <= 0 or self.rel_step <= 0 or self.tol <= 0:
             raise InputError("delta, rel_step and tol must be positive")
+        if self.free_step is not None and not 0 < self.free_step <= 10:
+            raise InputError("free_step must be in (0, 10] (or None)")
         if self.tau_max < 1 or self.batch_size < 1:
             raise InputError("tau_max and batch_size must be >= 1")
         if self.n_per_class is not None and self.n_per_class < 1:
@@ -127,7 +133,8 @@ class LRED(ModelDetector):
                   progress: ProgressFn | None) -> dict[str, Any]:
         return estimate(model, data.x, data.y, data.num_classes, groups, pi=self.pi, step=self.step,
                         delta=self.delta, rel_step=self.rel_step, tol=self.tol,
-                        tau_max=self.tau_max, batch_size=self.batch_size, progress=progress)
+                        tau_max=self.tau_max, batch_size=self.batch_size, free_step=self.free_step,
+                        progress=progress)
 
     def _scan(self, model: nn.Module, clean: ImageData, num_classes: int,
               progress: ProgressFn | None) -> ScanResult:
