@@ -107,3 +107,13 @@ def test_demo_table_names_registered_methods_and_their_parameters():
         scan = demo_params("mitigation", name)["scan_params"]
         assert scan == demo_instance("model_detector", "neural_cleanse").get_params()
     assert demo_instance("model_detector", "ulp") is None
+
+
+def test_names_parses_a_list_of_registered_methods():
+    from trojanscope._registry import names
+
+    assert names("input_detector", " kde, lid ") == ["kde", "lid"] == names("input_detector", ["kde", "lid"])
+    with pytest.raises(ts.InputError, match=r"unknown --guard magic; available: .*kde"):
+        names("input_detector", "kde,magic", what="--guard")
+    with pytest.raises(ts.InputError, match=r"unknown input detector \(none\)"):
+        names("input_detector", " , ")

@@ -10,7 +10,7 @@ Kinds used in the package: ``arch`` (architectures), ``dataset``, ``trigger``,
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .errors import InputError
@@ -91,6 +91,26 @@ def get(kind: str, name: str) -> Callable[..., Any]:
         valid = ", ".join(sorted(table)) or "(none)"
         raise InputError(f"unknown {kind.replace('_', ' ')} {name!r}; available: {valid}")
     return table[name]
+
+
+def names(kind: str, value: str | Sequence[str], *, what: str | None = None) -> list[str]:
+    """Registry names of ``kind`` from a comma-separated string or a list, in the order given.
+
+    Args:
+        kind: the registry kind, e.g. ``"input_detector"``.
+        value: ``"kde,lid"`` or ``["kde", "lid"]``.
+        what: how the error names the value (e.g. ``"--method"``; default: the kind).
+
+    Raises:
+        InputError: a name that is not registered, or no name at all (listing what is).
+    """
+    items = [m.strip() for m in value.split(",") if m.strip()] if isinstance(value, str) else list(value)
+    known = available(kind)
+    bad = [m for m in items if m not in known]
+    if bad or not items:
+        raise InputError(f"unknown {what or kind.replace('_', ' ')} {', '.join(bad) or '(none)'}; "
+                         f"available: {', '.join(known)}")
+    return items
 
 
 def create(kind: str, name: str, **params: Any) -> Any:

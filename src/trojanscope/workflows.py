@@ -704,15 +704,11 @@ def guard_inputs(model: nn.Module, clean: CleanData, suspect: torch.Tensor,
         model_path, data_info: the model file and the data description, recorded in the report.
         progress: optional callback (``{"stage": "fit"|"score", "method": name}``).
     """
-    from ._registry import available
+    from ._registry import names as registry_names
     from .guard import Guard
 
     t0 = time.perf_counter()
-    names = [m.strip() for m in methods.split(",") if m.strip()] if isinstance(methods, str) else list(methods)
-    known = available("input_detector")
-    bad = [m for m in names if m not in known]
-    if bad or not names:
-        raise InputError(f"unknown input detector {', '.join(bad) or '(none)'}; available: {', '.join(known)}")
+    names = registry_names("input_detector", methods)
     for m in params or {}:
         if m not in names:
             raise InputError(f"settings for {m}, which is not in --method ({', '.join(names)})")

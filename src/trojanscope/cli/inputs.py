@@ -9,9 +9,12 @@ import typer
 
 from ..errors import InputError
 from ._common import (
+    ArchOpt,
     DataDirOpt,
     DataOpt,
     DeviceOpt,
+    ModuleOpt,
+    NormalizeOpt,
     SeedOpt,
     model_and_data,
     out,
@@ -48,28 +51,22 @@ def inputs_cmd(
                                                     "mutation.n_mutants=50 (--param: old name)")] = None,
     config: ConfigOpt = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="write scores and flags to this JSON file")] = None,
-    module: Annotated[str | None, typer.Option("--module", help="path/to/module.py:ClassName for a "
-                                               "state-dict file")] = None,
-    arch: Annotated[str | None, typer.Option("--arch", help="registry architecture of a state-dict file")] = None,
-    normalize: Annotated[str | None, typer.Option("--normalize", help="MEAN/STD the network expects "
-                                                  "(default: from the sidecar)")] = None,
+    module: ModuleOpt = None,
+    arch: ArchOpt = None,
+    normalize: NormalizeOpt = None,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
 ) -> None:
     """Score every suspect input with input detectors calibrated on clean training images."""
     from rich.table import Table
 
-    from .._registry import available
+    from .._registry import names as registry_names
     from ..data.files import load_images
     from ..report.json_report import SCHEMA
     from ..utils import atomic_write_json, resolve_device, to_jsonable
     from ..workflows import guard_inputs
 
-    methods = [m.strip() for m in method.split(",") if m.strip()]
-    known = available("input_detector")
-    bad = [m for m in methods if m not in known]
-    if bad or not methods:
-        raise InputError(f"unknown --method {', '.join(bad) or '(none)'}; available: {', '.join(known)}")
+    methods = registry_names("input_detector", method, what="--method")
     params = settings(param, config, known=methods)
     for m in list(params):  # settings name only methods in --method (checked above)
         check_params("input_detector", {m: params[m]})

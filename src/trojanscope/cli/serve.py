@@ -73,14 +73,10 @@ def serve_cmd(
     """Serve MODEL behind input detectors: POST /v1/predict, GET /v1/health, GET /metrics."""
     import uvicorn
 
-    from .._registry import available
+    from .._registry import names as registry_names
     from ..serve import GuardedService, ServeSettings, Worker, WorkerConfig, create_app
 
-    methods = [m.strip() for m in guard.split(",") if m.strip()]
-    known = available("input_detector")
-    bad = [m for m in methods if m not in known]
-    if bad or not methods:
-        raise InputError(f"unknown --guard {', '.join(bad) or '(none)'}; available: {', '.join(known)}")
+    methods = registry_names("input_detector", guard, what="--guard")
     if not model_path.is_file():
         raise InputError(f"no such model file: {model_path}")
     for name, v, lo in (("--max-batch", max_batch, 1), ("--max-body", max_body, 1024),
