@@ -9,8 +9,9 @@
     repair_model(model, clean, "unlearn")     # "can the backdoor be removed?"
 
 Every report carries the same envelope: ``model``, ``data``, ``parameters``, ``versions``,
-``timings`` (and ``created``, ``schema``, ``kind``). The CLI commands, the demo and the
-benchmarks are thin layers over these functions.
+``timings`` (and ``created``, ``schema``, ``kind``; :class:`Envelope`). The ``scan``, ``inputs``
+and ``mitigate`` commands, ``scan-many`` and the demo are thin layers over these functions; a
+benchmark that measures one method calls that method directly.
 
 :func:`scan_model` runs, in order:
 
