@@ -117,3 +117,11 @@ def test_names_parses_a_list_of_registered_methods():
         names("input_detector", "kde,magic", what="--guard")
     with pytest.raises(ts.InputError, match=r"unknown input detector \(none\)"):
         names("input_detector", " , ")
+
+
+def test_check_params_names_the_unknown_parameter_and_the_known_ones():
+    from trojanscope._registry import check_params
+
+    check_params("input_detector", "kde", {"sigma": 2.0})
+    with pytest.raises(ts.InputError, match=r"kde has no parameter 'nope'; its parameters: .*sigma"):
+        check_params("input_detector", "kde", {"nope": 1})

@@ -10,7 +10,8 @@ Kinds used in the package: ``arch`` (architectures), ``dataset``, ``trigger``,
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Sequence
+import inspect
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .errors import InputError
@@ -91,6 +92,19 @@ def get(kind: str, name: str) -> Callable[..., Any]:
         valid = ", ".join(sorted(table)) or "(none)"
         raise InputError(f"unknown {kind.replace('_', ' ')} {name!r}; available: {valid}")
     return table[name]
+
+
+def check_params(kind: str, name: str, params: Mapping[str, Any]) -> None:
+    """A clear error for a parameter that the entry ``name`` of ``kind`` does not take.
+
+    Raises:
+        InputError: naming the unknown parameters and listing the entry's parameters.
+    """
+    sig = inspect.signature(get(kind, name))
+    bad = [k for k in params if k not in sig.parameters]
+    if bad:
+        raise InputError(f"{name} has no parameter {', '.join(map(repr, bad))}; its parameters: "
+                         f"{', '.join(sig.parameters)}")
 
 
 def names(kind: str, value: str | Sequence[str], *, what: str | None = None) -> list[str]:

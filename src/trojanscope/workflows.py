@@ -420,7 +420,7 @@ def build_detectors(names: Sequence[str], params: Mapping[str, Mapping[str, Any]
     their ``needs``. Bad or unknown parameters are a clear error naming the method and its
     parameters, before any work starts.
     """
-    from ._registry import get
+    from ._registry import check_params, get
 
     out = {}
     for name in names:
@@ -433,10 +433,7 @@ def build_detectors(names: Sequence[str], params: Mapping[str, Mapping[str, Any]
             key = RESOURCE_PARAMS.get(res, res)
             if value is not None and key in sig.parameters:
                 p.setdefault(key, value)
-        unknown = [k for k in p if k not in sig.parameters]
-        if unknown:
-            raise InputError(f"{name} has no parameter {', '.join(map(repr, unknown))}; its parameters: "
-                             f"{', '.join(k for k in sig.parameters)}")
+        check_params("model_detector", name, p)
         try:
             out[name] = cls(**p)
         except TypeError as e:

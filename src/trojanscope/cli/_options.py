@@ -112,16 +112,10 @@ def settings(sets: Sequence[str] | None, config: Path | None, *, known: Sequence
 
 def check_params(kind: str, params: Mapping[str, Mapping[str, Any]]) -> None:
     """A clear error for a parameter that a method does not take (before any work)."""
-    import inspect
-
-    from .._registry import get
+    from .._registry import check_params as check
 
     for meth, p in params.items():
-        sig = inspect.signature(get(kind, meth))
-        bad = [k for k in p if k not in sig.parameters]
-        if bad:
-            raise InputError(f"{meth} has no parameter {', '.join(map(repr, bad))}; its parameters: "
-                             f"{', '.join(sig.parameters)}")
+        check(kind, meth, p)
 
 
 # ----------------------------------------------------------------------------------- progress
