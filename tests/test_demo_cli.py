@@ -9,6 +9,7 @@ import shutil
 from typer.testing import CliRunner
 
 from trojanscope.cli.main import app
+from trojanscope.report.schema import validate
 
 runner = CliRunner()
 
@@ -63,7 +64,11 @@ def test_mitigate_cli_repairs_and_writes_pt2(tmp_path, backdoor):
                               "--n-per-class", "60", "--out", str(out), "--json", str(tmp_path / "m.json"),
                               "--scan-set", "epochs=20"])
     assert res.exit_code == 0, res.output
-    r = json.loads((tmp_path / "m.json").read_text())["result"]
+    doc = json.loads((tmp_path / "m.json").read_text())
+    validate(doc)  # the shipped repair-report schema
+    assert doc["kind"] == "mitigate" and doc["model"]["path"] == str(src)
+    r = doc["result"]
+    assert r["verdict"] == "repaired" and r["reloaded"]["cta"] > 0.8
     assert r["asr_true_before"] > 0.9 and r["asr_true_after"] < 0.3
     fixed = load_model(out)
     x = backdoor["trigger"].apply(backdoor["test"].of_classes([0], exclude=True).x)

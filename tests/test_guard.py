@@ -16,6 +16,7 @@ import trojanscope as ts
 from trojanscope.cli.main import app
 from trojanscope.detectors.input import create_input_detector
 from trojanscope.guard import Guard
+from trojanscope.report.schema import validate
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +100,9 @@ def test_cli_inputs_npz_json(backdoor, model_file, tmp_path):
     d = json.loads(out.read_text())
     assert r.exit_code == (1 if any(d["flagged"]) else 0)  # 1 = some input flagged
     assert any(d["flagged"][6:])  # the triggered inputs are
-    assert d["schema"] == 1 and d["model"] == str(model_file)
+    validate(d)  # the shipped inputs-report schema: the envelope every report shares
+    assert d["schema"] == 2 and d["kind"] == "inputs" and d["model"]["path"] == str(model_file)
+    assert d["suspect"] == str(npz) and d["verdict"]["flagged"] == sum(d["flagged"])
     assert [m["method"] for m in d["results"]] == ["kde", "mutation"]
     kde = d["results"][0]
     assert len(kde["scores"]) == 12 and len(kde["flags"]) == 12

@@ -108,6 +108,35 @@ def test_schema_version_is_the_workflow_layout_version():
     assert scan_report_schema()["properties"]["schema"] == {"const": REPORT_SCHEMA} and SCHEMA_VERSION == REPORT_SCHEMA
 
 
+def test_inputs_and_repair_reports_validate_against_their_shipped_schemas():
+    """Every report shares the envelope (workflows.Envelope); each kind has its schema file."""
+    from trojanscope.types import InputScores, MitigationResult
+    from trojanscope.workflows import GuardReport, RepairReport
+
+    env = {"model": {"path": "m.pt2"}, "data": {"name": "digits", "n_images": 30},
+           "timings": {"fit": {"kde": 0.5}, "total": 1.0}}
+    n = 5000  # more scores than a result's to_dict() keeps: the guard report writes every one
+    scores = torch.linspace(0, 1, n)
+    scores[0] = float("nan")
+    g = GuardReport(scores > 0.9, torch.zeros(n, dtype=torch.long),
+                    [InputScores("kde", scores, scores > 0.9, 0.9, seconds=0.1)], 0.05, True,
+                    parameters={"per_method_fpr": {"kde": 0.05}}, **env).to_dict()
+    validate(json.loads(json.dumps(g)))
+    assert g["kind"] == "inputs" and g["verdict"]["exit_code"] == 1 and len(g["results"][0]["scores"]) == n
+    assert g["results"][0]["scores"][0] is None and g["results"][0]["fit_seconds"] == 0.5
+    r = RepairReport(MitigationResult("unlearn", torch.nn.Linear(1, 1), 0.98, 0.97, asr_true_before=0.99,
+                                      asr_true_after=0.02), parameters={"method": "unlearn"}, **env).to_dict()
+    validate(json.loads(json.dumps(r)))
+    assert r["kind"] == "mitigate" and r["schema"] == SCHEMA_VERSION
+    for doc, breakage, where in ((g, lambda d: d["results"][0].update(flags="yes"), "at results/0/flags"),
+                                 (g, lambda d: d["verdict"].update(exit_code=3), "at verdict/exit_code"),
+                                 (r, lambda d: d["result"].update(verdict="fixed"), "at result/verdict"),
+                                 (r, lambda d: d["result"].update(cta_after=1.5), "at result/cta_after")):
+        broken = json.loads(json.dumps(doc))
+        breakage(broken)
+        with pytest.raises(ValueError, match=re.escape(where)):
+            validate(broken)
+
 @pytest.mark.parametrize("breakage, where", [
     (lambda d: d["verdict"].update(verdict="maybe"), "at verdict/verdict"),
     (lambda d: d["verdict"].update(exit_code=0), "at verdict/exit_code"),

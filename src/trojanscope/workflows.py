@@ -673,13 +673,20 @@ class GuardReport(Envelope):
         return 1 if bool(self.flagged.any()) else 0
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON document of a guard run."""
+        """The JSON document of a guard run (``report/schemas/inputs-report.schema.json``).
+
+        Every score is written (in the order of the inputs), with each detector's threshold,
+        false-positive rate and fit time.
+        """
         n = int(self.flagged.numel())
+        per_fpr, fit = self.parameters.get("per_method_fpr", {}), self.timings.get("fit", {})
+        results = [{"method": r.method, "threshold": r.threshold, "fpr": per_fpr.get(r.method),
+                    "scores": r.scores, "flags": r.flags, "seconds": r.seconds,
+                    "fit_seconds": fit.get(r.method), "params": r.params} for r in self.results]
         return _json({**self.envelope(), "verdict": {"flagged": int(self.flagged.sum()), "n_inputs": n,
                                          "exit_code": self.exit_code},
                       "fpr": self.fpr, "split_fpr": self.split_fpr, "inputs": self.inputs,
-                      "labels": self.labels, "flagged": self.flagged,
-                      "results": [r.to_dict() for r in self.results]})
+                      "labels": self.labels, "flagged": self.flagged, "results": results})
 
 
 def guard_inputs(model: nn.Module, clean: CleanData, suspect: torch.Tensor,
@@ -756,7 +763,7 @@ class RepairReport(Envelope):
         return {"repaired": 0, "ineffective": 1}.get(getattr(self.result, "verdict", "repaired"), 3)
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON document of a repair."""
+        """The JSON document of a repair (``report/schemas/repair-report.schema.json``)."""
         return _json({**self.envelope(), "result": self.result.to_dict()})
 
 

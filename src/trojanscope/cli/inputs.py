@@ -62,8 +62,7 @@ def inputs_cmd(
 
     from .._registry import names as registry_names
     from ..data.files import load_images
-    from ..report.json_report import SCHEMA
-    from ..utils import atomic_write_json, resolve_device, to_jsonable
+    from ..utils import atomic_write_json, resolve_device
     from ..workflows import guard_inputs
 
     methods = registry_names("input_detector", method, what="--method")
@@ -86,7 +85,7 @@ def inputs_cmd(
         rep = guard_inputs(model, clean, x, methods, params=params, fpr=fpr, split_fpr=not per_method_fpr,
                            seed=seed, inputs=names, model_path=model_path,
                            data_info={"name": data, "split": "train"}, progress=prog)
-    per_fpr, fit_s = rep.parameters["per_method_fpr"], rep.timings["fit"]
+    per_fpr = rep.parameters["per_method_fpr"]
 
     table = Table(title=f"{suspect.name}: {len(x)} inputs, clean reference {len(clean)} {data} training images")
     for col in ("method", "FPR target", "threshold", "flagged", "ms / input"):
@@ -108,17 +107,8 @@ def inputs_cmd(
             per.add_row(n, str(int(rep.labels[i])), *[
                 f"{float(r.scores[i]):.3g}" + (" [red]FLAG[/]" if bool(r.flags[i]) else "") for r in rep.results])
         out.print(per)
-    if json_out is not None:  # the "schema": 1 layout of docs/commands/inputs.md, every score written
-        report = {
-            "schema": SCHEMA, "model": str(model_path), "dataset": data, "suspect": str(suspect),
-            "created": rep.created, "n_clean": len(clean), "fpr": fpr, "split_fpr": rep.split_fpr,
-            "inputs": names, "labels": rep.labels, "flagged": rep.flagged,
-            "results": [{"method": r.method, "threshold": r.threshold, "fpr": per_fpr[r.method],
-                         "scores": r.scores, "flags": r.flags, "seconds": r.seconds,
-                         "fit_seconds": fit_s[r.method], "params": r.params} for r in rep.results],
-            "versions": rep.versions,
-        }
-        atomic_write_json(json_out, to_jsonable(report))
+    if json_out is not None:  # report/schemas/inputs-report.schema.json
+        atomic_write_json(json_out, {**rep.to_dict(), "suspect": str(suspect)})
         out.print(f"wrote {json_out}")
     raise typer.Exit(rep.exit_code)  # 1 = some input flagged
 

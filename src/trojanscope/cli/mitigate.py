@@ -87,7 +87,6 @@ def run_mitigate(*, model_path: Path, data: str, data_dir: Path | None, method: 
     """The body of ``trojanscope mitigate``; returns the exit status."""
     from .._registry import available, get
     from ..models import sidecar_path
-    from ..report.json_report import SCHEMA
     from ..utils import atomic_write_json, check_writable, resolve_device, to_jsonable
     from ..workflows import repair_model
     from .train import parse_params
@@ -153,8 +152,9 @@ def run_mitigate(*, model_path: Path, data: str, data_dir: Path | None, method: 
         else:
             out.print(f"not written: {out_path} (the repair was {res.verdict})")
     if json_out is not None:
-        atomic_write_json(json_out, to_jsonable({"schema": SCHEMA, "model": str(model_path),
-                                                 "result": result, "versions": rep.versions}))
+        doc = rep.to_dict()  # report/schemas/repair-report.schema.json
+        doc["result"] = to_jsonable(result)  # with "reloaded"
+        atomic_write_json(json_out, doc)
         out.print(f"wrote {json_out}")
     return rep.exit_code
 

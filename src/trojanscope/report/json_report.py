@@ -15,7 +15,9 @@ JSON Schema shipped in the package (:mod:`.schema`)::
      "trigger_effect": {...}|null}
 
 Non-finite floats are written as null; trigger tensors as their shapes (``--save-triggers``
-writes the tensors). The demo, ``inputs`` and ``mitigate`` reports keep their own layouts
+writes the tensors). ``inputs`` and ``mitigate`` write the same envelope with their own
+``kind`` (:class:`~trojanscope.workflows.GuardReport`, :class:`~trojanscope.workflows.RepairReport`;
+a schema file each, :mod:`.schema`); the demo's report keeps its own layout
 (``"schema": SCHEMA``).
 """
 
@@ -32,7 +34,7 @@ from ..utils import atomic_write_json, to_jsonable, versions
 from ..workflows import MethodRun, ScanReport, candidate_target
 from .explain import why
 
-SCHEMA = 1  # layout version of the demo / inputs / mitigate reports
+SCHEMA = 1  # layout version of the demo's report
 
 
 def combined_verdict(results: list[ScanResult], rule: str = "any") -> dict[str, Any]:
