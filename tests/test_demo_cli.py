@@ -78,3 +78,6 @@ def test_mitigate_cli_repairs_and_writes_pt2(tmp_path, backdoor):
 def test_mitigate_cli_bad_method(tmp_path):
     res = runner.invoke(app, ["mitigate", str(tmp_path / "x.safetensors"), "--method", "nope"])
     assert res.exit_code != 0
+    # a parameter the repair does not take is named before anything is loaded (no such file here)
+    res = runner.invoke(app, ["mitigate", str(tmp_path / "x.safetensors"), "--set", "unlearn.nope=1"])
+    assert res.exit_code != 0 and "unlearn has no parameter 'nope'" in str(res.exception)

@@ -767,6 +767,28 @@ class RepairReport(Envelope):
         return _json({**self.envelope(), "result": self.result.to_dict()})
 
 
+def build_mitigation(method: str, params: Mapping[str, Any] | None = None) -> Mitigation:
+    """Instantiate the registered mitigation ``method`` with ``params``.
+
+    Args:
+        method: mitigation registry name.
+        params: its parameters.
+
+    Raises:
+        InputError: an unknown mitigation or parameter (naming the mitigation's parameters),
+            before any work starts.
+    """
+    from ._registry import check_params, get
+
+    cls = get("mitigation", method)
+    check_params("mitigation", method, params or {})
+    try:
+        mit: Mitigation = cls(**dict(params or {}))
+    except TypeError as e:
+        raise InputError(f"bad parameter for {method}: {e}") from None
+    return mit
+
+
 def repair_model(model: nn.Module, clean: CleanData, method: str | Mitigation = "unlearn", *,
                  params: Mapping[str, Any] | None = None, scan: ScanResult | None = None,
                  test: ImageData | None = None, true_trigger: Any = None,
@@ -785,14 +807,9 @@ def repair_model(model: nn.Module, clean: CleanData, method: str | Mitigation = 
         model_path, data_info: the model file and the data description, recorded in the report.
         progress: optional callback.
     """
-    from ._registry import get
-
     t0 = time.perf_counter()
     if isinstance(method, str):
-        try:
-            mit = get("mitigation", method)(**dict(params or {}))
-        except TypeError as e:
-            raise InputError(f"bad parameter for {method}: {e}") from None
+        mit = build_mitigation(method, params)
     else:
         if params:
             raise InputError("repair_model: give params with a method name, not with a configured mitigation")
@@ -808,6 +825,7 @@ def repair_model(model: nn.Module, clean: CleanData, method: str | Mitigation = 
                         timings={"total": time.perf_counter() - t0, "repair": res.seconds})
 
 
-__all__ = ["CONVENTIONS", "REPORT_SCHEMA", "Envelope", "GuardReport", "MethodRun", "RepairReport", "SanityCheck",
-           "ScanReport", "build_detectors", "candidate_target", "describe_data", "describe_model",
-           "guard_inputs", "repair_model", "sanity_check", "scan_model", "select_methods"]
+__all__ = ["CONVENTIONS", "REPORT_SCHEMA", "Envelope", "GuardReport", "MethodRun", "RepairReport",
+           "SanityCheck", "ScanReport", "build_detectors", "build_mitigation",
+           "candidate_target", "describe_data", "describe_model", "guard_inputs",
+           "repair_model", "sanity_check", "scan_model", "select_methods"]

@@ -85,10 +85,10 @@ def run_mitigate(*, model_path: Path, data: str, data_dir: Path | None, method: 
                  sets: list[str] | None, config: Path | None, scan_sets: list[str] | None, max_cta_drop: float,
                  json_out: Path | None, module, arch, normalize, device: str, seed: int) -> int:
     """The body of ``trojanscope mitigate``; returns the exit status."""
-    from .._registry import available, get
+    from .._registry import available
     from ..models import sidecar_path
     from ..utils import atomic_write_json, check_writable, resolve_device, to_jsonable
-    from ..workflows import repair_model
+    from ..workflows import build_mitigation, repair_model
     from .train import parse_params
 
     if method not in available("mitigation"):
@@ -99,10 +99,7 @@ def run_mitigate(*, model_path: Path, data: str, data_dir: Path | None, method: 
     params: dict[str, Any] = {"seed": seed, "scan_method": scan_method, "max_cta_drop": max_cta_drop / 100,
                               "scan_params": {"seed": seed, **scan_from_sets, **parse_params(scan_sets)},
                               **mit_sets}
-    try:
-        mit = get("mitigation", method)(**params)
-    except TypeError as e:
-        raise InputError(f"bad parameter for {method}: {e}") from None
+    mit = build_mitigation(method, params)  # settings checked before anything is loaded
     if out_path is not None and out_path.resolve() == model_path.resolve():
         raise InputError("--out must not be the input model file (the input is never overwritten)")
     dev = resolve_device(device)
