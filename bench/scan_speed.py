@@ -120,6 +120,55 @@ def _scan(path: Path, data: str, data_dir: Path, params: dict[str, dict[str, Any
             "loadavg_1m_before_after": [round(load0, 2), round(os.getloadavg()[0], 2)]}
 
 
+def kernels(seconds: float = 3.0) -> dict[str, Any]:
+    """Execution levers on this CPU, side by side: seconds per image of one forward + input
+    gradient pass (the unit of every scan) at a scan's batch (10 labels x 16 images), for
+    float32 (the default), channels-last memory, ``torch.compile`` and bfloat16 autocast."""
+    from trojanscope.models import create_model
+
+    out: dict[str, Any] = {}
+    for arch, shape in (("borji_cnn", (1, 28, 28)), ("vgg_small", (3, 32, 32)), ("wrn16_1", (3, 32, 32))):
+        torch.manual_seed(0)
+        net = create_model(arch, 10, shape).eval()
+        for p in net.parameters():
+            p.requires_grad_(False)
+        x0 = torch.rand(160, *shape)
+
+        def per_image(fn, x: torch.Tensor, autocast: bool = False) -> float:
+            x = x.clone().requires_grad_()
+
+            def run() -> None:
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                    y = fn(x).float().logsumexp(1).sum()
+                torch.autograd.grad(y, x)
+
+            for _ in range(3):
+                run()
+            t0, n = time.perf_counter(), 0
+            while time.perf_counter() - t0 < seconds:
+                run()
+                n += len(x)
+            return (time.perf_counter() - t0) / n
+
+        row: dict[str, Any] = {"float32": per_image(net, x0)}
+        net_cl = net.to(memory_format=torch.channels_last)
+        row["channels_last"] = per_image(net_cl, x0.to(memory_format=torch.channels_last))
+        net = net.to(memory_format=torch.contiguous_format)
+        try:
+            t0 = time.perf_counter()
+            comp = torch.compile(net)
+            row["compile"] = per_image(comp, x0)
+            row["compile_seconds_incl_warmup"] = time.perf_counter() - t0
+        except Exception as e:  # no compiler toolchain: record why
+            row["compile"] = None
+            row["compile_error"] = repr(e)[:300]
+        row["bfloat16_autocast"] = per_image(net, x0, autocast=True)
+        row["speedup_vs_float32"] = {k: row["float32"] / v for k, v in row.items()
+                                     if k in ("channels_last", "compile", "bfloat16_autocast") and v}
+        out[arch] = row
+    return out
+
+
 def table(doc: dict[str, Any]) -> str:
     """The README's speed table (markdown), from a result document."""
     rows = ["| model | config | verdict (target) | seconds | image gradients | vs v0.1 |",
@@ -145,6 +194,7 @@ def main() -> None:
     p.add_argument("--reference", action="store_true", help="also the per-label reference on MNIST models")
     p.add_argument("--fresh", action="store_true", help="re-measure runs already in the JSON")
     p.add_argument("--table", action="store_true", help="print the markdown table of the JSON and exit")
+    p.add_argument("--kernels", action="store_true", help="also measure channels-last, torch.compile, bfloat16")
     p.add_argument("--timeout", type=float, default=7200, help="seconds per training command")
     args = p.parse_args()
     path = RESULTS / f"{NAME}.json"
@@ -158,6 +208,12 @@ def main() -> None:
                                     "work_ratio_vs_v0.1": 0.2, "same_verdicts": True},
                            "configs": CONFIGS, "n_per_class": N_PER_CLASS, "cpu_count": os.cpu_count(),
                            "models": prev.get("models", {}) if prev.get("configs") == CONFIGS else {}}
+    if args.kernels:
+        doc["kernels"] = {"threads": torch.get_num_threads(), "loadavg_1m": os.getloadavg()[0],
+                          "seconds_per_image": kernels()}
+        write_result(NAME, doc)
+    elif "kernels" in prev:
+        doc["kernels"] = prev["kernels"]
     for name in [m for m in args.models.split(",") if m]:
         spec = MODELS[name]
         model_path, info = _train(name, root, args.timeout)

@@ -210,7 +210,7 @@ def test_keep_going_records_a_named_method_that_fails(backdoor, clean_few):
 def test_list_methods_with_parameters_and_defaults():
     res = CliRunner().invoke(app, ["list", "methods"])
     assert res.exit_code == 0, res.output
-    assert "neural_cleanse (auto)" in res.output and "epochs = 100" in res.output
+    assert "neural_cleanse (auto)" in res.output and "epochs = 60" in res.output
     assert "lred_perceptible (experimental" in res.output and "mutation" in res.output
     js = CliRunner().invoke(app, ["list", "architectures", "--json"])
     arch = json.loads(js.output)["architectures"]

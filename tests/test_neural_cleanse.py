@@ -115,9 +115,11 @@ def test_bad_parameters(backdoor, clean_few, bad):
 
 def test_registered_and_demo_settings():
     det = ts.create("model_detector", "neural_cleanse")
-    assert isinstance(det, NeuralCleanse) and det.get_params()["init_cost"] == 1e-3
+    # the short schedule (issue 16), not the paper's full passes of 32 images per step
+    p = det.get_params()
+    assert isinstance(det, NeuralCleanse) and (p["steps_per_epoch"], p["batch_size"], p["epochs"]) == (2, 16, 60)
     demo = demo_instance("model_detector", "neural_cleanse")
-    assert isinstance(demo, NeuralCleanse) and demo.get_params()["init_cost"] == 1e-2
+    assert isinstance(demo, NeuralCleanse) and demo.get_params()["batch_size"] == 24
 
 
 def test_saturated_masks_stay_in_unit_range_and_stamp():
