@@ -114,7 +114,7 @@ def _scan(path: Path, data: str, data_dir: Path, params: dict[str, dict[str, Any
                              "images_with_gradient": r.extra.get("work", {}).get("images_with_gradient"),
                              "params": r.params}
     v = rep.verdict
-    return {"seconds": round(wall, 2), "verdict": v.verdict, "target": v.target, "p_value": v.p_value,
+    return {"seconds": round(wall, 2), "threads": torch.get_num_threads(), "verdict": v.verdict, "target": v.target, "p_value": v.p_value,
             "exit_code": rep.exit_code, "methods": methods,
             "images_with_gradient": sum(m["images_with_gradient"] or 0 for m in methods.values()),
             "loadavg_1m_before_after": [round(load0, 2), round(os.getloadavg()[0], 2)]}

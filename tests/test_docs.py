@@ -57,3 +57,23 @@ def test_benchmarks_page_covers_every_result_file(tmp_path: Path) -> None:
     real = gen.render()
     for f in sorted((ROOT / "bench" / "results").glob("*.json")):
         assert f"bench/results/{f.name}" in real
+
+
+def test_readme_speed_table_is_the_benchmark_json() -> None:
+    """The README's speed table is ``bench/scan_speed.py --table``: regenerated, never hand-typed."""
+    spec = importlib.util.spec_from_file_location("scan_speed_table", ROOT / "bench" / "scan_speed.py")
+    assert spec and spec.loader
+    import sys
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    doc = json.loads((ROOT / "bench" / "results" / "scan_speed.json").read_text())
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- speed-table: .*? -->\n(.*?)\n<!-- /speed-table -->", text, re.S)
+    assert block, "README lost its speed table"
+    assert block.group(1).strip() == mod.table(doc).strip()
+    assert "| new |" in block.group(1) and "| v0.1 |" in block.group(1)

@@ -1,0 +1,118 @@
+"""The front door on real CIFAR-10 (and the input-convention gate on MNIST and CIFAR-10), as a
+user runs it: ``trojanscope scan MODEL`` with no ``--method``.
+
+- the BadNets ``vgg_small`` (3x3 white patch -> class 3, 10% poison) must exit 1 with target 3;
+- its clean twin must exit 0;
+- the same networks saved as a model that expects inputs in [-1, 1] (a wrapper exported to
+  ``.pt2``, no sidecar: what a model from another framework looks like) must exit 3, with a
+  hint naming the ``[-1, 1]`` convention, and no detector run on images it cannot classify.
+
+The CIFAR-10 models are the ones of ``bench/scan_speed.py`` (trained there with
+``trojanscope train``, cached under ``bench/cache/scan_speed/``); run that first. Results:
+``bench/results/front_door_cifar.json``.
+
+    python bench/front_door_cifar.py --data-dir DATA [--timeout 1800]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+BENCH = Path(__file__).resolve().parent
+CACHE = BENCH / "cache" / "scan_speed"
+RESULT = BENCH / "results" / "front_door_cifar.json"
+
+CASES = {  # name: (model file, dataset, expected exit, expected target)
+    "cifar10_backdoored": ("cifar10_vgg_small_backdoored.safetensors", "cifar10", 1, 3),
+    "cifar10_clean": ("cifar10_vgg_small_clean.safetensors", "cifar10", 0, None),
+    "cifar10_expects_minus1_1": ("cifar10_vgg_small_backdoored_pm1.pt2", "cifar10", 3, None),
+    "mnist_expects_minus1_1": ("mnist_borji_backdoored_pm1.pt2", "mnist", 3, None),
+}
+
+
+class _PlusMinusOne(torch.nn.Module):
+    """A network that takes inputs in [-1, 1]: ``net((z + 1) / 2)``."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net((z + 1) / 2)
+
+
+def _export_pm1(src: Path, dst: Path) -> None:
+    from trojanscope.models import load_model, save_model
+
+    net = load_model(src)
+    shape = tuple(json.loads(src.with_suffix(".json").read_text())["in_shape"])
+    save_model(_PlusMinusOne(net).eval(), dst, in_shape=shape)
+
+
+def _run(args: list[str], timeout: float) -> dict:
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.run([sys.executable, "-m", "trojanscope", *args], capture_output=True, text=True,
+                           timeout=timeout, env={**os.environ})
+        rc, tail = p.returncode, (p.stdout + p.stderr)[-2500:]
+    except subprocess.TimeoutExpired:
+        rc, tail = None, "timed out"
+    return {"command": "trojanscope " + shlex.join(args), "exit": rc,
+            "seconds": round(time.perf_counter() - t0, 1), "output_tail": tail}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-dir", default=os.environ.get("TROJANSCOPE_DATA"))
+    ap.add_argument("--timeout", type=float, default=1800, help="seconds per command")
+    args = ap.parse_args()
+    if not args.data_dir or not Path(args.data_dir, "cifar10").is_dir():
+        sys.exit("pass --data-dir DIR holding cifar10/ and mnist/ (or set TROJANSCOPE_DATA)")
+    for src in ("cifar10_vgg_small_backdoored", "mnist_borji_backdoored"):
+        if not (CACHE / f"{src}.safetensors").is_file():
+            sys.exit(f"{CACHE / src}.safetensors is missing: run bench/scan_speed.py first")
+        dst = CACHE / f"{src}_pm1.pt2"
+        if not dst.is_file():
+            _export_pm1(CACHE / f"{src}.safetensors", dst)
+    runs = {}
+    for name, (file, data, code, target) in CASES.items():
+        report = CACHE / f"front_door_{name}.json"
+        rec = _run(["scan", str(CACHE / file), "--data", data, "--data-dir", args.data_dir, "--device", "cpu",
+                    "--json", str(report)], args.timeout)
+        rec["command"] = rec["command"].replace(str(CACHE) + "/", "").replace(args.data_dir, "DATA")
+        rec["output_tail"] = rec["output_tail"].replace(str(CACHE) + "/", "")
+        if report.is_file():
+            r = json.loads(report.read_text())
+            rec["verdict"] = {k: r["verdict"].get(k) for k in ("verdict", "target", "p_value", "reason", "hint")}
+            rec["sanity"] = {k: (r.get("sanity") or {}).get(k) for k in ("passed", "accuracy", "reason", "hint")}
+            rec["methods"] = [{k: m.get(k) for k in ("method", "status", "p_value", "candidate_target")}
+                              for m in r.get("methods", [])]
+            report.unlink()
+        hint = json.dumps(rec.get("verdict", {}).get("hint")) + json.dumps(rec.get("sanity"))
+        rec["expected"] = {"exit": code, "target": target}
+        rec["as_expected"] = (rec["exit"] == code and rec.get("verdict", {}).get("target") == target
+                              and (code != 3 or "[-1, 1]" in hint))
+        runs[name] = rec
+        print(f"{name}: exit {rec['exit']} in {rec['seconds']} s, verdict {rec.get('verdict', {}).get('verdict')}, "
+              f"target {rec.get('verdict', {}).get('target')}, as expected: {rec['as_expected']}", flush=True)
+    from trojanscope.utils import atomic_write_json, versions
+
+    atomic_write_json(RESULT, {
+        "benchmark": "front_door_cifar", "command": "python bench/front_door_cifar.py --data-dir DATA",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "versions": versions(),
+        "cpu_count": os.cpu_count(), "runs": runs,
+        "all_as_expected": all(r["as_expected"] for r in runs.values())})
+    print(f"wrote {RESULT}")
+
+
+if __name__ == "__main__":
+    main()
