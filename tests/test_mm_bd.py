@@ -152,7 +152,7 @@ def test_data_free_scan_errors(backdoor):
         MMBD(**FAST).scan(nn.Sequential(nn.Flatten(), nn.Linear(256, 2)), in_shape=SHAPE)
 
 
-def test_scan_model_without_data_runs_only_data_free_methods(backdoor):
+def test_scan_model_without_data_runs_only_data_free_methods(backdoor, tmp_path):
     """The workflow behind `trojanscope scan --data none`: auto selects MM-BD (ULP needs a
     file), the class count is probed, and the report says the sanity gate could not run."""
     from trojanscope.workflows import scan_model
@@ -170,6 +170,13 @@ def test_scan_model_without_data_runs_only_data_free_methods(backdoor):
     from trojanscope.report.schema import validate
 
     validate(d)  # the shipped report schema accepts a data-free scan
+    # the HTML report shows the optimised inputs (one image per class), inline
+    from trojanscope.report.outputs import write_scan_outputs
+
+    html = tmp_path / "r.html"
+    write_scan_outputs(rep, model=backdoor["backdoored"], clean=None, html_path=html)
+    page = html.read_text()
+    assert "mm_bd: max_margin_input per candidate" in page and page.count("data:image/png;base64,") >= 1
     plain = nn.Sequential(nn.Flatten(), nn.Linear(256, 10))
     with pytest.raises(ts.InputError, match="in-shape"):
         scan_model(plain, None, "auto")
