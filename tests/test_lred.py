@@ -167,5 +167,5 @@ def test_registry_and_bad_parameters(additive):
         LRED(variant="Z").scan(additive["clean"], additive["clean_few"])
     with pytest.raises(ts.InputError, match="pi"):
         LRED(pi=1.5).scan(additive["clean"], additive["clean_few"])
-    with pytest.raises(ts.InputError, match="step rule"):
+    with pytest.raises(ts.InputError, match="lred: step must be one of"):
         LRED(step="huge").scan(additive["clean"], additive["clean_few"])

@@ -27,7 +27,7 @@ import json
 import struct
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -37,6 +37,7 @@ from conftest import assert_unchanged, state_snapshot
 from torch import nn
 
 import trojanscope as ts
+from trojanscope._params import Boolean, Configurable, Constraint, InstanceOf, Interval, Options
 from trojanscope._registry import _PROVIDERS
 
 ESTIMATOR_KINDS = ["model_detector", "input_detector", "mitigation", "trigger", "evasion"]
@@ -128,6 +129,130 @@ def test_parameters_are_documented(kind: str, name: str) -> None:
     assert documented is not None, f"{cls.__name__} has no Args: section"
     assert not params - documented, f"{cls.__name__}: undocumented parameters {sorted(params - documented)}"
     assert not documented - params, f"{cls.__name__}: documents unknown parameters {sorted(documented - params)}"
+
+
+# --- parameter constraints (model detectors, input detectors, mitigations) ---------------------
+
+METHOD_KINDS = ("model_detector", "input_detector", "mitigation")
+
+
+class _Tripwire(nn.Module):
+    """A model that fails the test if a method runs it: parameter checks come before any work."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(1))
+        self.in_shape = (1, 8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("the model ran before the parameters were checked")
+
+
+def _invalid_values(c: Constraint) -> list[Any]:
+    """Values that ``c`` refuses (a new kind of constraint must say how to break it here)."""
+    if isinstance(c, Interval):
+        out: list[Any] = ["1", True, float("nan"), float("inf")]
+        if c.kind is int:
+            out.append(1.5)
+        if c.lo is not None:
+            out.append(c.lo if c.closed in ("right", "neither") else c.lo - 1)
+        if c.hi is not None:
+            out.append(c.hi if c.closed in ("left", "neither") else c.hi + 1)
+        return out
+    if isinstance(c, Options):
+        return ["no_such_option", 12345]
+    if isinstance(c, Boolean):
+        return [1, "yes"]
+    if isinstance(c, InstanceOf):
+        return [object()]
+    raise AssertionError(f"no invalid example for {c!r}")
+
+
+def _run_entry(kind: str, obj: Any) -> None:
+    x, y = torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
+    if kind == "model_detector":
+        obj.scan(_Tripwire(), (x, y))
+    elif kind == "input_detector":
+        obj.fit(_Tripwire(), (x, y))
+    else:
+        obj.apply(_Tripwire(), (x, y))
+
+
+@pytest.mark.parametrize(("kind", "name"), _entries(*METHOD_KINDS))
+def test_parameter_constraints_name_real_parameters_and_allow_the_defaults(kind: str, name: str) -> None:
+    cls = ts.get(kind, name)
+    params = {n: p.default for n, p in inspect.signature(cls.__init__).parameters.items() if n != "self"}
+    table = cls.all_parameter_constraints()
+    assert table, f"{cls.__name__} declares no parameter_constraints"
+    assert not set(table) - set(params), f"{cls.__name__}: constraints on unknown parameters {sorted(set(table) - set(params))}"
+    for param, constraints in table.items():
+        assert constraints and all(c is None or isinstance(c, Constraint) for c in constraints), param
+        default = params[param]
+        assert any(default is None if c is None else c.allows(default) for c in constraints), (
+            f"{cls.__name__}.{param}: the default {default!r} breaks its own constraints")
+    cls().validate_params()
+
+
+@pytest.mark.parametrize(("kind", "name"), _entries(*METHOD_KINDS))
+def test_a_bad_parameter_fails_before_any_work_naming_it(kind: str, name: str) -> None:
+    """Every constraint is enforced at the entry point (scan / fit / apply), with one message
+    format, before the model runs."""
+    cls = ts.get(kind, name)
+    for param, constraints in cls.all_parameter_constraints().items():
+        bad = [v for c in constraints if c is not None for v in _invalid_values(c)
+               if v is not None and not any(k is not None and k.allows(v) for k in constraints)]
+        assert bad, f"{cls.__name__}.{param}: no value breaks its constraints"
+        for value in bad:
+            with pytest.raises(ts.InputError, match=rf"^{name}: {param} must be .*, got "):
+                _run_entry(kind, cls(**{param: value}))
+
+
+def test_demo_settings_meet_the_constraints() -> None:
+    from trojanscope.demo import demo_instance
+
+    for kind in METHOD_KINDS:
+        for name in ts.available(kind):
+            inst = demo_instance(kind, name)
+            if inst is not None:
+                inst.validate_params()
+
+
+def test_constraint_vocabulary() -> None:
+    nn_int = Interval(int, 1, None)
+    assert nn_int.describe() == "an int >= 1"
+    assert nn_int.allows(1) and nn_int.allows(np.int64(3))
+    assert not any(nn_int.allows(v) for v in (0, 2.0, True, "2", None))
+    frac = Interval(float, 0, 1, closed="right")
+    assert frac.describe() == "a number in (0, 1]"
+    assert frac.allows(1) and frac.allows(0.5) and not any(frac.allows(v) for v in (0, 1.01, float("nan")))
+    assert Interval(float, 0, None, closed="neither").describe() == "a number > 0"
+    assert Interval(float, None, 1, closed="neither").describe() == "a number < 1"
+    assert Interval(float, None, None).allows(-3.5) and not Interval(float, None, None).allows(float("inf"))
+    opt = Options(("I", "II"), normalize=lambda v: str(v).upper())
+    assert opt.allows("ii") and not opt.allows("III") and opt.describe() == "one of 'I', 'II'"
+    assert not Options((1, 2)).allows(True) and not Options((1, 2)).allows(1.0)
+    assert Boolean().allows(False) and not Boolean().allows(0)
+    assert InstanceOf(str, what="a path").describe() == "a path" and not InstanceOf(str).allows(3)
+
+    class Toy(Configurable):
+        parameter_constraints: ClassVar[dict[str, list[Constraint | None]]] = {"k": [nn_int, None]}
+
+        def __init__(self, *, k: int | None = 1) -> None:
+            self.k = k
+
+    Toy(k=None).validate_params()
+    with pytest.raises(ts.InputError, match=r"^Toy: k must be an int >= 1 or None, got 0$"):
+        Toy(k=0).validate_params()
+
+    class Sub(Toy):  # a subclass adds to the constraints of its bases
+        parameter_constraints: ClassVar[dict[str, list[Constraint | None]]] = {"j": [Boolean()]}
+
+        def __init__(self, *, k: int | None = 1, j: bool = True) -> None:
+            self.k, self.j = k, j
+
+    assert set(Sub.all_parameter_constraints()) == {"k", "j"}
+    with pytest.raises(ts.InputError, match="Sub: k must be"):
+        Sub(k=-1).validate_params()
 
 
 # --- evasion attacks ----------------------------------------------------------------------

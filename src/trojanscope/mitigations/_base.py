@@ -10,13 +10,13 @@ from __future__ import annotations
 import copy
 import time
 import warnings
-from typing import Any, final
+from typing import Any, ClassVar, final
 
 import torch
 from torch import fx, nn
 
-from .._params import Configurable
-from .._registry import create
+from .._params import Configurable, Constraint, InstanceOf, Interval
+from .._registry import check_params, create
 from .._runtime import ProgressFn, as_image_data, frozen, probe_num_classes
 from ..attacks import MaskPatternTrigger, Trigger
 from ..data import ImageData
@@ -168,9 +168,23 @@ class Mitigation(Configurable):
     max_asr: float = 0.1
     val_fraction: float = 0.2
 
+    #: the parameters every mitigation has; subclasses add their own (see Configurable)
+    parameter_constraints: ClassVar[dict[str, list[Constraint | None]]] = {
+        "max_cta_drop": [Interval(float, 0, 1)],
+        "max_asr": [Interval(float, 0, 1)],
+        "val_fraction": [Interval(float, 0, 1)],
+        "max_rounds": [Interval(int, 1, None)],
+        "scan_method": [InstanceOf(str)],
+        "scan_params": [InstanceOf(dict), None],
+        "seed": [Interval(int, 0, None)],
+    }
+
+    def _scanner(self) -> Any:
+        check_params("model_detector", self.scan_method, self.scan_params or {})
+        return create("model_detector", self.scan_method, **(self.scan_params or {}))
+
     def _run_scan(self, model: nn.Module, clean: ImageData) -> ScanResult:
-        det = create("model_detector", self.scan_method, **(self.scan_params or {}))
-        return det.scan(model, clean)
+        return self._scanner().scan(model, clean)
 
     def _fallbacks(self) -> list[dict[str, Any]]:
         """Parameter overrides tried in turn when a repair breaks the CTA budget (gentlest last)."""
@@ -191,13 +205,14 @@ class Mitigation(Configurable):
             true_trigger: the real trigger when known, for ASR with it (Table IV).
             progress: optional callback.
         """
+        self.validate_params()
+        if scan is None:  # the scan's parameters too, before any work
+            self._scanner().validate_params()
         if not isinstance(model, nn.Module):
             raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if getattr(model, "forward_only", False):
             raise InputError("this model is forward-only (ONNX): it cannot be repaired; "
                              "load a .pt2, TorchScript, safetensors or state-dict model")
-        if not 0 <= self.max_cta_drop <= 1:
-            raise InputError(f"max_cta_drop must be in [0, 1] (a fraction), got {self.max_cta_drop}")
         t0 = time.perf_counter()
         dev = model_device(model)
         data = as_image_data(clean).to(dev)

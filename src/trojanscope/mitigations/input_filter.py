@@ -9,11 +9,12 @@ false-positive rate on clean data.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from .._params import Constraint, Interval
 from .._registry import register
 from ..attacks import Trigger
 from ..data import ImageData
@@ -101,6 +102,11 @@ class InputFilter(Mitigation):
         self.scan_method = scan_method
         self.scan_params = scan_params
         self.seed = seed
+
+    parameter_constraints: ClassVar[dict[str, list[Constraint | None]]] = {
+        "neuron_fraction": [Interval(float, 0, 1, closed="right")],
+        "fpr": [Interval(float, 0, 1, closed="neither")],
+    }
 
     def _repair(self, model, clean: ImageData, target, trigger: Trigger, test, true_trigger, progress):
         inner = model.model if isinstance(model, FilteredModel) else model

@@ -9,11 +9,12 @@ to the reversed trigger.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from .._params import Constraint, Interval, Options
 from .._registry import register
 from ..attacks import Trigger
 from ..data import ImageData
@@ -121,6 +122,13 @@ class NeuronPruning(Mitigation):
         self.scan_method = scan_method
         self.scan_params = scan_params
         self.seed = seed
+
+    parameter_constraints: ClassVar[dict[str, list[Constraint | None]]] = {
+        "layer": [Options(("penultimate", "last_conv"))],
+        "step_fraction": [Interval(float, 0, 1, closed="right")],
+        "max_fraction": [Interval(float, 0, 1)],
+        "stop_asr": [Interval(float, 0, 1)],
+    }
 
     def _repair(self, model, clean: ImageData, target, trigger: Trigger, test, true_trigger, progress):
         units = _Units(model, self.layer)

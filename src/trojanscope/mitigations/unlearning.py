@@ -8,10 +8,11 @@ For comparison (Table IV) the stamped trigger may be the true one, or none (clea
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
+from .._params import Boolean, Constraint, Interval, Options
 from .._registry import register
 from ..attacks import Trigger
 from ..data import ImageData
@@ -21,6 +22,11 @@ from ..models._logits import set_mode
 from ..train import train
 from ..utils import generator
 from ._base import Mitigation, training_view
+
+
+def _source(value: Any) -> str:
+    """``trigger_source`` as the method reads it: ``--set trigger_source=true`` parses as True."""
+    return str(value).strip("'\"").lower()
 
 
 @register("mitigation", "unlearn")
@@ -76,20 +82,29 @@ class Unlearning(Mitigation):
         self.scan_params = scan_params
         self.seed = seed
 
+    parameter_constraints: ClassVar[dict[str, list[Constraint | None]]] = {
+        "trigger_source": [Options(("reversed", "true", "clean"), normalize=_source)],
+        "stamp_fraction": [Interval(float, 0, 1)],
+        "epochs": [Interval(float, 0, None)],
+        "min_steps": [Interval(int, 0, None)],
+        "lr": [Interval(float, 0, None, closed="neither")],
+        "batch_size": [Interval(int, 1, None)],
+        "optimizer": [Options(("sgd", "adam"))],
+        "max_grad_norm": [Interval(float, 0, None, closed="neither"), None],
+        "checks": [Interval(int, 1, None)],
+        "softmax_logits": [Boolean()],
+    }
+
     def _repair(self, model, clean: ImageData, target, trigger: Trigger, test, true_trigger, progress):
-        source = str(self.trigger_source).strip("'\"").lower()  # --set trigger_source=true parses as True
+        source = _source(self.trigger_source)
         if source == "reversed":
             stamp = trigger
         elif source == "true":
             if true_trigger is None:
                 raise InputError("trigger_source='true' needs apply(..., true_trigger=...)")
             stamp = true_trigger
-        elif source == "clean":
+        else:  # "clean" (parameter_constraints allow nothing else)
             stamp = None
-        else:
-            raise InputError(f"unknown trigger_source {self.trigger_source!r}; use reversed, true or clean")
-        if not 0 <= self.stamp_fraction <= 1:
-            raise InputError("stamp_fraction must be in [0, 1]")
         x = clean.x.clone()
         if stamp is not None:
             g = generator(self.seed)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import time
-from typing import final
+from typing import ClassVar, final
 
 import torch
 from torch import nn
 
-from ..._params import Configurable
+from ..._params import Configurable, Constraint, Interval
 from ..._runtime import frozen, prepared
 from ..._validate import check_images
 from ...data import ImageData
@@ -25,19 +25,24 @@ class InputDetector(Configurable):
     Subclasses implement :meth:`_fit` and :meth:`_score`. The base class validates, freezes the
     model while it works, holds out ``calibration_fraction`` of the clean images (stratified)
     to choose the threshold, and records timings. Every subclass ``__init__`` takes at least
-    ``fpr`` and ``seed`` keyword-only and stores them unchanged.
+    ``fpr`` and ``seed`` keyword-only and stores them unchanged; ``fit`` checks every parameter
+    against ``parameter_constraints`` before any work.
     """
 
     fpr: float = 0.05
     seed: int = 0
     calibration_fraction: float = 0.3
+    #: the parameters every input detector has; subclasses add their own (see Configurable)
+    parameter_constraints: ClassVar[dict[str, list[Constraint | None]]] = {
+        "fpr": [Interval(float, 0, 1, closed="neither")],
+        "seed": [Interval(int, 0, None)],
+    }
 
 
     @final
     def fit(self, model: nn.Module, clean: ImageData | tuple[torch.Tensor, torch.Tensor]) -> InputDetector:
         """Learn clean statistics from ``clean`` and set the threshold on a held-out part of it."""
-        if not 0 < self.fpr < 1:
-            raise InputError(f"fpr must be in (0, 1), got {self.fpr}")
+        self.validate_params()
         prep = prepared(model, clean, method=self.name)
         data = prep.data
         with frozen(model):

@@ -4,10 +4,12 @@ neighbours, and the label-change statistics of the model-mutation family (Jin et
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 from torch import nn
 
+from ..._params import Constraint, Interval, Options
 from ...errors import InputError
 from ...models.introspect import last_linear, named_layers, record
 from ...utils import generator
@@ -143,16 +145,21 @@ class LabelChangeStages:
     classifier head vote, the label-change counts go through the SPRT of Jin et al. eq. 3.
 
     The mixin owns fit, counting and scoring; a detector says only how it perturbs the head:
-    ``_n_copies()``, ``_check_copies()``, ``_draw(stage, g)`` (the perturbations of one stage,
-    drawn once at fit time) and ``_copy_predictions(stage, h)`` (labels [n, N] of the perturbed
-    heads on head inputs ``h``). The detector has ``stage``, ``varsigma_h``, ``delta``,
-    ``alpha``, ``beta``, ``batch_size`` and ``seed`` parameters.
+    ``_n_copies()``, ``_draw(stage, g)`` (the perturbations of one stage, drawn once at fit
+    time) and ``_copy_predictions(stage, h)`` (labels [n, N] of the perturbed heads on head
+    inputs ``h``). The detector has ``stage``, ``varsigma_h``, ``delta``, ``alpha``, ``beta``,
+    ``batch_size`` and ``seed`` parameters; the constraints of the first five are declared here.
     """
 
+    parameter_constraints: ClassVar[dict[str, list[Constraint | None]]] = {
+        "stage": [Options(("backdoor", "adversarial", "both"))],
+        "varsigma_h": [Interval(float, 0, 1, closed="neither"), None],
+        "delta": [Interval(float, 0, 1, closed="neither")],
+        "alpha": [Interval(float, 0, 1, closed="neither")],
+        "beta": [Interval(float, 0, 1, closed="neither")],
+    }
+
     def _fit(self, model, clean) -> None:
-        self._stages()
-        self._check_sprt()
-        self._check_copies()
         self.head_ = classifier_head(model)
         check_head(model, self.head_, clean.x[:64])
         g = generator(self.seed)
@@ -170,13 +177,7 @@ class LabelChangeStages:
         return self._sprt_score(self.change_counts(model, x), self._n_copies())
 
     def _stages(self) -> list[str]:
-        check_choice("stage", self.stage, ("backdoor", "adversarial", "both"))
         return ["adversarial", "backdoor"] if self.stage == "both" else [self.stage]
-
-    def _check_sprt(self) -> None:
-        for k in ("alpha", "beta"):
-            check_positive(k, getattr(self, k), upper=1)
-        check_positive("delta", self.delta, upper=1)
 
     def _set_varsigma(self, z: dict[str, torch.Tensor], n: int) -> None:
         """varsigma_h per stage: the parameter, or from the clean counts ``z`` (default_varsigma)."""
@@ -189,14 +190,3 @@ class LabelChangeStages:
                                       self.alpha, self.beta) for st in self._stages()]
         return torch.stack(margins).amax(0)
 
-
-def check_choice(name: str, value: object, choices: tuple[object, ...]) -> None:
-    if value not in choices:
-        raise InputError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
-
-
-def check_positive(name: str, value: float, *, integer: bool = False, upper: float | None = None) -> None:
-    if integer and int(value) != value:
-        raise InputError(f"{name} must be an integer, got {value!r}")
-    if not value > 0 or (upper is not None and value >= upper):
-        raise InputError(f"{name} must be > 0{f' and < {upper}' if upper is not None else ''}, got {value!r}")

@@ -10,15 +10,18 @@ its source class in the early layers and like the target class in the late ones.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
+from ..._params import Boolean, Constraint, Interval
 from ..._registry import register
 from ...data import ImageData
 from ...models.introspect import last_linear
 from ...utils import generator
 from ._base import InputDetector
-from ._features import activation_layers, activations, check_positive, knn_vote, sqdist
+from ._features import activation_layers, activations, knn_vote, sqdist
 
 
 def pca_basis(a: torch.Tensor, q: int, seed: int = 0, oversample: int = 10, n_iter: int = 2
@@ -77,9 +80,15 @@ class ActivationSpace(InputDetector):
         self.fpr = fpr
         self.seed = seed
 
+    parameter_constraints: ClassVar[dict[str, list[Constraint | None]]] = {
+        "n_components": [Interval(int, 1, None)],
+        "k": [Interval(int, 1, None)],
+        "layers": [Interval(int, 1, None), None],
+        "include_input": [Boolean()],
+        "batch_size": [Interval(int, 1, None)],
+    }
+
     def _fit(self, model: nn.Module, clean: ImageData) -> None:
-        check_positive("n_components", self.n_components, integer=True)
-        check_positive("k", self.k, integer=True)
         self.modules_ = activation_layers(model, self.layers)
         # the output layer's label is the model's argmax (no PCA/KNN)
         self.output_is_last_ = self.modules_[-1] is last_linear(model)[1]

@@ -9,15 +9,17 @@ layer; malicious examples (adversarial or triggered) land in low-density regions
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 from torch import nn
 
+from ..._params import Constraint, Interval
 from ..._registry import register
 from ...data import ImageData
 from ...models.introspect import penultimate
 from ._base import InputDetector
-from ._features import check_positive, sqdist
+from ._features import sqdist
 
 
 @register("input_detector", "kde")
@@ -42,8 +44,12 @@ class KernelDensity(InputDetector):
         self.fpr = fpr
         self.seed = seed
 
+    parameter_constraints: ClassVar[dict[str, list[Constraint | None]]] = {
+        "sigma": [Interval(float, 0, None, closed="neither")],
+        "batch_size": [Interval(int, 1, None)],
+    }
+
     def _fit(self, model: nn.Module, clean: ImageData) -> None:
-        check_positive("sigma", self.sigma)
         self.features_ = penultimate(model, clean.x, self.batch_size)
         self.features_sq_ = (self.features_ * self.features_).sum(1)
         # X_t: the clean training samples of class t (eq. 6), i.e. by their true label

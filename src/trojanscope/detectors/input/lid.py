@@ -23,16 +23,19 @@ guard has only clean images, so two variants are offered:
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import torch
 from torch import nn
 
+from ..._params import Constraint, Interval, Options
 from ..._registry import create, register
 from ...data import ImageData
 from ...models.wrap import require_gradients
 from ...utils import generator
 from ._base import InputDetector
-from ._features import activation_layers, activations, check_choice, check_positive, sqdist
+from ._features import activation_layers, activations, sqdist
 
 
 def lid_mle(d: torch.Tensor, k: int) -> torch.Tensor:
@@ -67,6 +70,14 @@ class LocalIntrinsicDimensionality(InputDetector):
         self.fpr = fpr
         self.seed = seed
 
+    parameter_constraints: ClassVar[dict[str, list[Constraint | None]]] = {
+        "k": [Interval(int, 1, None)],
+        "layers": [Interval(int, 1, None), None],
+        "combine": [Options(("zscore", "logistic"))],
+        "eps": [Interval(float, 0, 1, closed="right")],
+        "batch_size": [Interval(int, 1, None)],
+    }
+
     def _predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return torch.cat([model(x[i : i + self.batch_size]).argmax(1)
@@ -94,8 +105,6 @@ class LocalIntrinsicDimensionality(InputDetector):
         return lid.nan_to_num(nan=1e4, posinf=1e4)
 
     def _fit(self, model: nn.Module, clean: ImageData) -> None:
-        check_positive("k", self.k, integer=True)
-        check_choice("combine", self.combine, ("zscore", "logistic"))
         self.modules_ = activation_layers(model, self.layers)
         self.refs_ = activations(model, clean.x, self.modules_, self.batch_size)
         self.refs_sq_ = [(r * r).sum(1) for r in self.refs_]

@@ -10,13 +10,16 @@ The counts go through the SPRT of eq. 3.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from ..._params import Constraint, Interval
 from ..._registry import register
 from ._base import InputDetector
-from ._features import LabelChangeStages, check_positive
+from ._features import LabelChangeStages
 
 
 def gaussian_fuzz(head: nn.Module, n: int, r_mu: float, r_delta: float, g: torch.Generator
@@ -97,11 +100,17 @@ class ModelMutation(LabelChangeStages, InputDetector):
         self.fpr = fpr
         self.seed = seed
 
+    parameter_constraints: ClassVar[dict[str, list[Constraint | None]]] = {
+        "n_mutants": [Interval(int, 1, None)],
+        "r_mu": [Interval(float, None, None)],
+        "r_delta": [Interval(float, 0, None)],
+        "r_mu_ae": [Interval(float, None, None)],
+        "r_delta_ae": [Interval(float, 0, None)],
+        "batch_size": [Interval(int, 1, None)],
+    }
+
     def _n_copies(self) -> int:
         return self.n_mutants
-
-    def _check_copies(self) -> None:
-        check_positive("n_mutants", self.n_mutants, integer=True)
 
     def _draw(self, stage: str, g: torch.Generator) -> dict[str, torch.Tensor]:
         r_mu, r_delta = (self.r_mu, self.r_delta) if stage == "backdoor" else (self.r_mu_ae, self.r_delta_ae)

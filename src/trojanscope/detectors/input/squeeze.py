@@ -10,10 +10,13 @@ squeezers, so their predictions barely move.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..._params import Constraint, Interval
 from ..._registry import register
 from ...data import ImageData
 from ...errors import InputError
@@ -62,13 +65,20 @@ class FeatureSqueezing(InputDetector):
         self.fpr = fpr
         self.seed = seed
 
+    parameter_constraints: ClassVar[dict[str, list[Constraint | None]]] = {
+        "bit_depth": [Interval(int, 1, 8), None],
+        "median_size": [Interval(int, 1, None), None],  # at most the image side: checked in fit
+        "batch_size": [Interval(int, 1, None)],
+    }
+
     def _fit(self, model: nn.Module, clean: ImageData) -> None:
         if self.bit_depth is None and self.median_size is None:
-            raise InputError("feature squeezing needs at least one squeezer (bit_depth or median_size)")
-        if self.bit_depth is not None and not 1 <= int(self.bit_depth) <= 8:
-            raise InputError(f"bit_depth must be in 1..8, got {self.bit_depth}")
-        if self.median_size is not None and not 1 <= int(self.median_size) <= min(clean.x.shape[-2:]):
-            raise InputError(f"median_size must be in 1..{min(clean.x.shape[-2:])}, got {self.median_size}")
+            raise InputError(f"{self.name}: feature squeezing needs at least one squeezer "
+                             "(bit_depth or median_size)")
+        side = min(clean.x.shape[-2:])
+        if self.median_size is not None and self.median_size > side:
+            raise InputError(f"{self.name}: median_size must be at most the image side ({side}), "
+                             f"got {self.median_size}")
 
     def _score(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         out = []

@@ -8,14 +8,16 @@ because the trigger survives the superimposition.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
+from ..._params import Constraint, Interval
 from ..._registry import register
 from ...data import ImageData
 from ...utils import generator
 from ._base import InputDetector
-from ._features import check_positive
 
 
 @register("input_detector", "strip")
@@ -42,9 +44,13 @@ class Strip(InputDetector):
         self.fpr = fpr
         self.seed = seed
 
+    parameter_constraints: ClassVar[dict[str, list[Constraint | None]]] = {
+        "n_blend": [Interval(int, 1, None)],
+        "alpha": [Interval(float, 0, None, closed="neither")],
+        "batch_size": [Interval(int, 1, None)],
+    }
+
     def _fit(self, model: nn.Module, clean: ImageData) -> None:
-        check_positive("n_blend", self.n_blend, integer=True)
-        check_positive("alpha", self.alpha)
         # one fixed set of blend partners for every input: a score never depends on the batch
         pick = torch.randint(0, len(clean), (self.n_blend,), generator=generator(self.seed))
         self.backgrounds_ = clean.x[pick.to(clean.x.device)]

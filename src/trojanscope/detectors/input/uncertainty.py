@@ -10,12 +10,15 @@ report that it fails on the simple MNIST model (Remark 6) and works on large one
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
+from ..._params import Constraint, Interval
 from ..._registry import register
 from ._base import InputDetector
-from ._features import LabelChangeStages, check_positive
+from ._features import LabelChangeStages
 
 
 def dropout_masks(head: nn.Module, n: int, rate: float, g: torch.Generator) -> list[torch.Tensor]:
@@ -87,13 +90,15 @@ class BayesianUncertainty(LabelChangeStages, InputDetector):
         self.fpr = fpr
         self.seed = seed
 
+    parameter_constraints: ClassVar[dict[str, list[Constraint | None]]] = {
+        "n_samples": [Interval(int, 1, None)],
+        "rate": [Interval(float, 0, 1, closed="neither")],
+        "rate_ae": [Interval(float, 0, 1, closed="neither")],
+        "batch_size": [Interval(int, 1, None)],
+    }
+
     def _n_copies(self) -> int:
         return self.n_samples
-
-    def _check_copies(self) -> None:
-        check_positive("n_samples", self.n_samples, integer=True)
-        check_positive("rate", self.rate, upper=1)
-        check_positive("rate_ae", self.rate_ae, upper=1)
 
     def _draw(self, stage: str, g: torch.Generator) -> list[torch.Tensor]:
         return dropout_masks(self.head_, self.n_samples, self.rate if stage == "backdoor" else self.rate_ae, g)

@@ -24,7 +24,9 @@ class ModelDetector(Configurable):
     """``Detector(**params).scan(model, clean) -> ScanResult``.
 
     Subclasses take their parameters keyword-only in ``__init__`` (stored under the same names,
-    no logic there) and implement :meth:`_scan`. The base class validates the inputs, detects
+    no logic there), declare what each may be in ``parameter_constraints`` (see
+    :class:`~trojanscope._params.Configurable`) and implement :meth:`_scan`. The base class
+    checks the parameters before any work, validates the inputs, detects
     probability outputs, freezes the model (eval, no parameter gradients; restored after), moves
     the clean images to the model's device, times the scan and records the parameters.
     """
@@ -67,7 +69,12 @@ class ModelDetector(Configurable):
                 ``in_shape`` attribute when it has one).
             num_classes: expected number of classes, for a data-free scan (checked against the
                 model's output; default: whatever the model returns).
+
+        Raises:
+            InputError: a parameter outside its ``parameter_constraints`` (before any work), or
+                a model or data the method cannot use.
         """
+        self.validate_params()
         check_model(model, method=self.name, needs_gradients=self.needs_gradients)
         if clean is None:
             return self._scan_no_data(model, in_shape, num_classes, progress)

@@ -9,12 +9,13 @@ trigger in the target class's map and as an outlying map-to-map distance for tha
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..._params import Constraint, InstanceOf, Interval, Options
 from ..._registry import register
 from ..._validate import check_logits
 from ...data import ImageData
@@ -140,17 +141,18 @@ class BiasMaps(ModelDetector):
 
     # ------------------------------------------------------------------ checks and inputs
 
-    def _check_params(self) -> None:
-        if self.inputs not in _INPUTS:
-            raise InputError(f"inputs must be one of {', '.join(_INPUTS)}, got {self.inputs!r}")
-        if str(self.algorithm).upper() not in ("I", "II", "1", "2"):
-            raise InputError(f"algorithm must be 'I' or 'II', got {self.algorithm!r}")
-        if int(self.n_samples) < 1 or int(self.iterations) < 1 or int(self.batch_size) < 1:
-            raise InputError("n_samples, iterations and batch_size must be >= 1")
-        if not 0 < float(self.eps) <= 1:
-            raise InputError(f"eps must be in (0, 1], got {self.eps}")
-        if self.reference is not None and not isinstance(self.reference, nn.Module):
-            raise InputError(f"reference must be a torch.nn.Module, got {type(self.reference).__name__}")
+    parameter_constraints: ClassVar[dict[str, list[Constraint | None]]] = {
+        "reference": [InstanceOf(nn.Module, what="a torch.nn.Module"), None],
+        "inputs": [Options(_INPUTS)],
+        "algorithm": [Options(("I", "II", "1", "2"), normalize=lambda v: str(v).upper())],
+        "n_samples": [Interval(int, 1, None)],
+        "iterations": [Interval(int, 1, None)],
+        "eps": [Interval(float, 0, 1, closed="right")],
+        "threshold": [Interval(float, 0, None, closed="neither")],  # both divide the statistic
+        "min_ratio": [Interval(float, 0, None, closed="neither")],
+        "batch_size": [Interval(int, 1, None)],
+        "seed": [Interval(int, 0, None)],
+    }
 
     def _starts(self, clean: ImageData) -> torch.Tensor:
         """The starting inputs [S, C, H, W], shared by every class and by both models."""
@@ -248,7 +250,6 @@ class BiasMaps(ModelDetector):
 
     def _scan(self, model: nn.Module, clean: ImageData, num_classes: int,
               progress: ProgressFn | None) -> ScanResult:
-        self._check_params()
         two = str(self.algorithm).upper() in ("II", "2")
         starts = self._starts(clean)
         ours = self._maps(model, starts, num_classes, progress, "model")

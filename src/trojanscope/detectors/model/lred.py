@@ -13,12 +13,13 @@ statistic p-value ``1 - G(r_max)^K``; an attack when it is below ``theta``.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..._params import Constraint, Interval, Options
 from ..._registry import register
 from ...data import ImageData
 from ...errors import InputError
@@ -116,21 +117,20 @@ class LRED(ModelDetector):
         self.batch_size = batch_size
         self.seed = seed
 
-    def _check_params(self) -> None:
-        if self.variant not in _VARIANTS:
-            raise InputError(f"unknown L-RED variant {self.variant!r}; use one of {', '.join(_VARIANTS)}")
-        if not 0 < self.pi < 1:
-            raise InputError(f"pi must be in (0, 1), got {self.pi}")
-        if not 0 < self.theta < 1:
-            raise InputError(f"theta must be in (0, 1), got {self.theta}")
-        if self.delta <= 0 or self.rel_step <= 0 or self.tol <= 0:
-            raise InputError("delta, rel_step and tol must be positive")
-        if self.free_step is not None and not 0 < self.free_step <= 10:
-            raise InputError("free_step must be in (0, 10] (or None)")
-        if self.tau_max < 1 or self.batch_size < 1:
-            raise InputError("tau_max and batch_size must be >= 1")
-        if self.n_per_class is not None and self.n_per_class < 1:
-            raise InputError("n_per_class must be >= 1 (or None for all clean images)")
+    parameter_constraints: ClassVar[dict[str, list[Constraint | None]]] = {
+        "variant": [Options(_VARIANTS)],
+        "n_per_class": [Interval(int, 1, None), None],
+        "pi": [Interval(float, 0, 1, closed="neither")],
+        "theta": [Interval(float, 0, 1, closed="neither")],
+        "step": [Options(("adaptive", "fixed"))],
+        "delta": [Interval(float, 0, None, closed="neither")],
+        "rel_step": [Interval(float, 0, None, closed="neither")],
+        "tol": [Interval(float, 0, None, closed="neither")],
+        "free_step": [Interval(float, 0, 10, closed="right"), None],
+        "tau_max": [Interval(int, 1, None)],
+        "batch_size": [Interval(int, 1, None)],
+        "seed": [Interval(int, 0, None)],
+    }
 
     def _estimate(self, model: nn.Module, data: ImageData, groups: Any,
                   progress: ProgressFn | None) -> dict[str, Any]:
@@ -141,7 +141,6 @@ class LRED(ModelDetector):
 
     def _scan(self, model: nn.Module, clean: ImageData, num_classes: int,
               progress: ProgressFn | None) -> ScanResult:
-        self._check_params()
         if num_classes < 3:
             raise InputError("L-RED needs at least 3 classes (a null is fitted to K-1 statistics)")
         data = clean if self.n_per_class is None else clean.clean_subset(self.n_per_class, self.seed)

@@ -17,10 +17,12 @@ smallest mask that met the constraint, tested with the same Gamma order statisti
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 from torch import nn
 
+from ..._params import Boolean, Constraint, Interval
 from ..._registry import register
 from ...data import ImageData
 from ...errors import InputError
@@ -70,12 +72,21 @@ class LREDPerceptible(ModelDetector):
         self.anneal = anneal
         self.seed = seed
 
+    parameter_constraints: ClassVar[dict[str, list[Constraint | None]]] = {
+        "n_per_class": [Interval(int, 1, None), None],
+        "pi": [Interval(float, 0, 1, closed="neither")],
+        "theta": [Interval(float, 0, 1, closed="neither")],
+        "steps": [Interval(int, 1, None)],
+        "lr": [Interval(float, 0, None, closed="neither")],
+        "init_cost": [Interval(float, 0, None, closed="neither")],
+        "cost_multiplier": [Interval(float, 1, None, closed="neither")],
+        "patience": [Interval(int, 1, None)],
+        "anneal": [Boolean()],
+        "seed": [Interval(int, 0, None)],
+    }
+
     def _scan(self, model: nn.Module, clean: ImageData, num_classes: int,
               progress: ProgressFn | None) -> ScanResult:
-        if not 0 < self.pi < 1 or not 0 < self.theta < 1:
-            raise InputError("pi and theta must be in (0, 1)")
-        if self.steps < 1 or self.lr <= 0 or self.cost_multiplier <= 1 or self.patience < 1:
-            raise InputError("steps, patience >= 1, lr > 0 and cost_multiplier > 1 are required")
         if num_classes < 3:
             raise InputError("L-RED needs at least 3 classes (a null is fitted to K-1 statistics)")
         data = clean if self.n_per_class is None else clean.clean_subset(self.n_per_class, self.seed)

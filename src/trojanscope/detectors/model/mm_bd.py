@@ -32,11 +32,12 @@ for the fit and reported in ``extra["nonpositive_margins"]``.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from ..._params import Constraint, Interval, Options
 from ..._registry import register
 from ...data import ImageData
 from ...errors import InputError
@@ -195,19 +196,19 @@ class MMBD(ModelDetector):
         self.batch_size = batch_size
         self.seed = seed
 
-    def _check_params(self, num_classes: int) -> None:
-        if self.optimizer not in _OPTIMIZERS:
-            raise InputError(f"unknown optimizer {self.optimizer!r}; use one of {', '.join(_OPTIMIZERS)}")
-        if not 0 < self.theta < 1:
-            raise InputError(f"theta must be in (0, 1), got {self.theta}")
-        if self.restarts < 1 or self.steps < 1 or self.batch_size < 1 or self.patience < 1:
-            raise InputError("restarts, steps, patience and batch_size must be >= 1")
-        if (self.keep is not None and self.keep < 1) or self.prune_after < 1:
-            raise InputError("keep (or None) and prune_after must be >= 1")
-        if not (self.lr > 0 and math.isfinite(self.lr)) or self.tol < 0:
-            raise InputError("lr must be positive and tol non-negative")
-        if num_classes < 3:
-            raise InputError("MM-BD needs at least 3 classes (a null is fitted to K-1 statistics)")
+    parameter_constraints: ClassVar[dict[str, list[Constraint | None]]] = {
+        "restarts": [Interval(int, 1, None)],
+        "steps": [Interval(int, 1, None)],
+        "lr": [Interval(float, 0, None, closed="neither")],
+        "optimizer": [Options(_OPTIMIZERS)],
+        "theta": [Interval(float, 0, 1, closed="neither")],
+        "tol": [Interval(float, 0, None)],
+        "patience": [Interval(int, 1, None)],
+        "keep": [Interval(int, 1, None), None],
+        "prune_after": [Interval(int, 1, None)],
+        "batch_size": [Interval(int, 1, None)],
+        "seed": [Interval(int, 0, None)],
+    }
 
     def _scan(self, model: nn.Module, clean: ImageData, num_classes: int,
               progress: ProgressFn | None) -> ScanResult:
@@ -216,7 +217,8 @@ class MMBD(ModelDetector):
 
     def _scan_without_data(self, model: nn.Module, in_shape: tuple[int, int, int], num_classes: int,
                            progress: ProgressFn | None) -> ScanResult:
-        self._check_params(num_classes)
+        if num_classes < 3:
+            raise InputError("MM-BD needs at least 3 classes (a null is fitted to K-1 statistics)")
         est = max_margins(model, in_shape, num_classes, restarts=self.restarts, steps=self.steps,
                           lr=self.lr, optimizer=self.optimizer, tol=self.tol,
                           patience=self.patience, batch_size=self.batch_size, seed=self.seed,

@@ -19,12 +19,13 @@ per-candidate vectors. ``per_label_loop=True`` runs the same program one candida
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..._params import Boolean, Constraint, Interval, Options
 from ..._registry import register
 from ...data import ImageData
 from ...errors import InputError
@@ -138,22 +139,29 @@ class NeuralCleanse(ModelDetector):
         self.max_batch = max_batch
         self.seed = seed
 
-    # ------------------------------------------------------------------ checks and candidates
-    def _check_params(self) -> None:
-        if self.mode not in ("all_to_one", "source_specific"):
-            raise InputError(f"neural_cleanse mode must be 'all_to_one' or 'source_specific', got {self.mode!r}")
-        for k in ("epochs", "batch_size", "patience", "max_batch"):
-            if int(getattr(self, k)) < 1:
-                raise InputError(f"neural_cleanse {k} must be >= 1, got {getattr(self, k)}")
-        if not (self.init_cost > 0 and self.lr > 0 and self.cost_multiplier > 1):
-            raise InputError("neural_cleanse needs init_cost > 0, lr > 0 and cost_multiplier > 1")
-        if not 0 < self.attack_succ_threshold <= 1:
-            raise InputError("neural_cleanse attack_succ_threshold must be in (0, 1]")
-        if self.max_norm_ratio is not None and not 0 < float(self.max_norm_ratio) <= 1:
-            raise InputError("neural_cleanse max_norm_ratio must be in (0, 1] (or None)")
-        if self.fast_top_k is not None and int(self.fast_top_k) < 2:
-            raise InputError("neural_cleanse fast_top_k must be >= 2 (or None)")
+    parameter_constraints: ClassVar[dict[str, list[Constraint | None]]] = {
+        "epochs": [Interval(int, 1, None)],
+        "steps_per_epoch": [Interval(int, 1, None), None],
+        "batch_size": [Interval(int, 1, None)],
+        "lr": [Interval(float, 0, None, closed="neither")],
+        "init_cost": [Interval(float, 0, None, closed="neither")],
+        "attack_succ_threshold": [Interval(float, 0, 1, closed="right")],
+        "patience": [Interval(int, 1, None)],
+        "cost_multiplier": [Interval(float, 1, None, closed="neither")],
+        "early_stop": [Boolean()],
+        "early_stop_threshold": [Interval(float, 0, None, closed="neither")],
+        "early_stop_patience": [Interval(int, 1, None), None],
+        "threshold": [Interval(float, None, None)],
+        "max_norm_ratio": [Interval(float, 0, 1, closed="right"), None],
+        "mode": [Options(("all_to_one", "source_specific"))],
+        "fast_top_k": [Interval(int, 2, None), None],
+        "fast_warmup": [Interval(int, 0, None)],
+        "per_label_loop": [Boolean()],
+        "max_batch": [Interval(int, 1, None)],
+        "seed": [Interval(int, 0, None)],
+    }
 
+    # ------------------------------------------------------------------ candidates
     def _candidates(self, y: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(targets [K], sources [K] (-1 = all), pool [K, N] bool: the images each candidate uses)."""
         present = torch.bincount(y, minlength=num_classes) > 0
@@ -318,7 +326,6 @@ class NeuralCleanse(ModelDetector):
 
     def _scan(self, model: nn.Module, clean: ImageData, num_classes: int,
               progress: ProgressFn | None) -> ScanResult:
-        self._check_params()
         x, y = clean.x, clean.y
         targets, sources, pool = self._candidates(y, num_classes)
         g = generator(self.seed)

@@ -13,11 +13,12 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from ..._params import Constraint, InstanceOf, Interval
 from ..._registry import register
 from ..._validate import check_logits
 from ...data import ImageData
@@ -179,6 +180,11 @@ class ULP(ModelDetector):
                  ) -> None:
         self.ulp_path = ulp_path
         self.threshold = threshold
+
+    parameter_constraints: ClassVar[dict[str, list[Constraint | None]]] = {
+        "ulp_path": [InstanceOf(str, os.PathLike, what="a file path"), None],
+        "threshold": [Interval(float, 0, 1), None],  # on P(poisoned)
+    }
 
     def _scan(self, model: nn.Module, clean: ImageData, num_classes: int,
               progress: ProgressFn | None) -> ScanResult:
