@@ -207,6 +207,40 @@ def test_a_bad_parameter_fails_before_any_work_naming_it(kind: str, name: str) -
                 _run_entry(kind, cls(**{param: value}))
 
 
+def test_scan_model_checks_every_method_before_running_any(backdoor: dict[str, Any]) -> None:
+    """A bad value for the second method fails before the first (minutes long) starts, with
+    the method named once."""
+    from trojanscope import scan_model
+
+    events: list[dict[str, Any]] = []
+    few = backdoor["train"].clean_subset(3, seed=0)
+    with pytest.raises(ts.InputError, match=r"^bias_maps: eps must be a number in \(0, 1\], got 5.0$"):
+        scan_model(backdoor["backdoored"], few, ["neural_cleanse", "bias_maps"],
+                   params={"bias_maps": {"eps": 5.0}}, progress=events.append)
+    assert not [e for e in events if e.get("stage") == "method"]
+
+
+def test_guard_checks_every_detector_before_fitting_any(backdoor: dict[str, Any]) -> None:
+    from trojanscope.guard import Guard
+
+    events: list[dict[str, Any]] = []
+    with pytest.raises(ts.InputError, match=r"^lid: k must be an int >= 1, got 0$"):
+        Guard(backdoor["backdoored"], {"kde": {}, "lid": {"k": 0}}).fit(
+            backdoor["train"].clean_subset(3, seed=0), progress=events.append)
+    assert not events
+
+
+def test_build_mitigation_checks_its_values_and_its_scans() -> None:
+    from trojanscope.workflows import build_mitigation
+
+    with pytest.raises(ts.InputError, match=r"^unlearn: lr must be a number > 0, got 0$"):
+        build_mitigation("unlearn", {"lr": 0})
+    with pytest.raises(ts.InputError, match=r"^neural_cleanse: epochs must be an int >= 1, got 0$"):
+        build_mitigation("prune", {"scan_params": {"epochs": 0}})
+    with pytest.raises(ts.InputError, match="no parameter 'nope'"):
+        build_mitigation("prune", {"scan_params": {"nope": 1}})
+
+
 def test_demo_settings_meet_the_constraints() -> None:
     from trojanscope.demo import demo_instance
 

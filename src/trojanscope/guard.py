@@ -118,6 +118,8 @@ class Guard:
         if not isinstance(self.model, nn.Module):
             raise InputError(f"model must be a torch.nn.Module, got {type(self.model).__name__}")
         self.detectors_ = self._build()
+        for det in self.detectors_.values():  # every detector's parameters before any fitting
+            det.validate_params()
         probe = clean.x[:2] if isinstance(clean, ImageData) else torch.as_tensor(clean[0])[:2]
         try:
             with torch.no_grad(), frozen(self.model):

@@ -595,6 +595,9 @@ def scan_model(model: nn.Module, clean: CleanData | None, methods: str | Sequenc
     if shape is not None:  # data-free
         dinfo.update(in_shape=list(shape), num_classes=k, sanity_gate=NO_DATA_SANITY)
     runs: list[MethodRun] = [MethodRun(s["method"], "skipped", why=s["why"]) for s in skipped]
+    if not keep_going:  # a bad value fails before any method runs (keep_going records it per method)
+        for det in detectors.values():
+            det.validate_params()
 
     gate = None
     if sanity and data is not None:
@@ -621,7 +624,7 @@ def scan_model(model: nn.Module, clean: CleanData | None, methods: str | Sequenc
             r = det.scan(model, data, progress=inner if progress else None, in_shape=shape)
         except TrojanscopeError as e:
             if not keep_going:
-                raise InputError(f"{name}: {e}") from None
+                raise InputError(str(e) if str(e).startswith(f"{name}: ") else f"{name}: {e}") from None
             failed.append(name)
             runs.append(MethodRun(name, "failed", error=str(e), why=f"{name} could not run: {e}"))
             continue
@@ -776,7 +779,7 @@ def build_mitigation(method: str, params: Mapping[str, Any] | None = None) -> Mi
 
     Raises:
         InputError: an unknown mitigation or parameter (naming the mitigation's parameters),
-            before any work starts.
+            or a value outside its ``parameter_constraints``, before any work starts.
     """
     from ._registry import check_params, get
 
@@ -786,6 +789,7 @@ def build_mitigation(method: str, params: Mapping[str, Any] | None = None) -> Mi
         mit: Mitigation = cls(**dict(params or {}))
     except TypeError as e:
         raise InputError(f"bad parameter for {method}: {e}") from None
+    mit.validate_params()  # values too (and the scan's), before anything is loaded
     return mit
 
 

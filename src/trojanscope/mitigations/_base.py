@@ -179,6 +179,11 @@ class Mitigation(Configurable):
         "seed": [Interval(int, 0, None)],
     }
 
+    def validate_params(self) -> None:
+        """Check the parameters, and those of the scan it runs (``scan_method``, ``scan_params``)."""
+        super().validate_params()
+        self._scanner().validate_params()
+
     def _scanner(self) -> Any:
         check_params("model_detector", self.scan_method, self.scan_params or {})
         return create("model_detector", self.scan_method, **(self.scan_params or {}))
@@ -206,8 +211,6 @@ class Mitigation(Configurable):
             progress: optional callback.
         """
         self.validate_params()
-        if scan is None:  # the scan's parameters too, before any work
-            self._scanner().validate_params()
         if not isinstance(model, nn.Module):
             raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if getattr(model, "forward_only", False):
