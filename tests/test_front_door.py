@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from trojanscope.cli.main import app
@@ -91,6 +92,46 @@ def test_sanity_gate_passes_with_the_sidecar_normalisation(needs_255, backdoor):
     low = sanity_check(load_model(needs_255), few, recorded_accuracy=1.0, max_drop=0.0)
     assert low.passed == (low.accuracy >= low.min_accuracy)
     assert low.min_accuracy > 0.9
+
+
+def test_sanity_gate_catches_a_wrong_convention_above_chance(backdoor):
+    """A network fed the wrong input convention may still beat chance (real CIFAR-10: a
+    vgg_small expecting [-1, 1] classified 41.5% of [0, 1] images against 77%), so the chance
+    floor alone passes it. The gate compares conventions, fails, and names [-1, 1].
+
+    The network is a lookup over the 200 scan images, so its accuracy under every convention is
+    exact on any CPU: all correct on [-1, 1] input, 60% correct on the [0, 1] images as fed."""
+    from trojanscope.workflows import sanity_check, scan_model
+
+    few = backdoor["train"].clean_subset(20, seed=0)
+    k = 10
+
+    class LookupExpectingPlusMinusOne(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("keys", few.x.flatten(1) * 2 - 1)  # the images in [-1, 1]
+            self.register_buffer("labels", few.y.clone())
+
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            flat = z.flatten(1)
+            right = torch.cdist(flat, self.keys).min(1)  # [-1, 1] input: an exact match
+            fed = torch.cdist(flat * 2 - 1, self.keys).min(1)  # [0, 1] input, as a user feeds it
+            idx = torch.where(right.values < 1e-3, right.indices, fed.indices)
+            label = self.labels[idx]
+            wrong = (right.values >= 1e-3) & (idx >= int(0.6 * len(self.labels)))
+            return F.one_hot(torch.where(wrong, (label + 1) % k, label), k).float() * 10
+
+    model = LookupExpectingPlusMinusOne()
+    gate = sanity_check(model, few)
+    assert gate.accuracy == pytest.approx(0.6) and gate.accuracy > gate.chance + 0.25 * (1 - gate.chance)
+    assert not gate.passed and gate.fits == "[-1, 1]" and gate.conventions[0]["accuracy"] == 1.0
+    assert "--normalize 0.5/0.5" in (gate.hint or "") and "another input convention" in gate.reason
+    rep = scan_model(model, few, ["neural_cleanse"], seed=0)
+    assert rep.verdict.verdict == "inconclusive" and rep.exit_code == 3
+    assert rep.methods[0].status == "skipped"
+    # a model fed right passes, even where another convention ties with it (ReLU nets without
+    # much bias barely notice 0-255)
+    assert sanity_check(backdoor["clean"], few).passed
 
 
 # ----------------------------------------------------------------------- verdicts and exits

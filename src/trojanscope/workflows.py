@@ -166,14 +166,15 @@ class SanityCheck:
     """Does the model classify the scan images? The gate before any detector.
 
     Attributes:
-        passed: accuracy is neither near chance nor far below the recorded accuracy.
+        passed: accuracy is neither near chance, nor far below the recorded accuracy, nor far
+            below what the network reaches under another common input convention.
         accuracy: accuracy of the model, as loaded, on the scan images.
         n_images: how many images it was measured on.
         chance: 1 / number of classes.
         min_accuracy: the accuracy needed to pass (see :func:`sanity_check`).
         recorded_accuracy: the accuracy the model's sidecar records, if any.
-        conventions: when the gate fails, ``{"name", "accuracy", "normalize", "bgr"}`` for every
-            input convention tried, best first.
+        conventions: ``{"name", "accuracy", "normalize", "bgr"}`` for every input convention
+            tried on the bare network, best first.
         fits: the name of the convention that passes the gate, or None.
         reason: one sentence; ``hint``: what to do (or None).
     """
@@ -239,11 +240,45 @@ def sanity_check(model: nn.Module, clean: CleanData, *, recorded_accuracy: float
             need, why_low = floor, f"far below the {r:.1%} recorded with the model"
     res = SanityCheck(passed=acc >= need, accuracy=acc, n_images=len(x), chance=chance,
                       min_accuracy=need, recorded_accuracy=recorded_accuracy)
-    if res.passed:
+    trials = _try_conventions(model, x, y)
+    res.conventions = trials
+    best = trials[0] if trials else None
+    # a model fed the wrong convention may still beat chance (digits scaled to [0.5, 1]: 65%
+    # against 97.5%): it fails too when another convention is clearly better, beyond three
+    # standard errors of the difference and at least max_drop
+    b_acc = acc if best is None else float(best["accuracy"])
+    se = math.sqrt(max(acc * (1 - acc) + b_acc * (1 - b_acc), 1e-12) / len(x))
+    misfed = b_acc - acc >= max(max_drop, 3 * se)
+    if res.passed and not misfed:
         res.reason = f"the model classifies {acc:.1%} of the {len(x)} scan images correctly"
         res.seconds = time.perf_counter() - t0
         return res
-    # which convention fits? run the bare network (the loader's normalisation removed)
+    res.passed = False
+    if misfed and acc >= need:
+        why_low = f"far below the {b_acc:.1%} it reaches under another input convention"
+        need = res.min_accuracy = b_acc - max(max_drop, 3 * se)
+    res.reason = (f"the model classifies only {acc:.1%} of the {len(x)} scan images correctly, "
+                  f"{why_low}: a scan of a model that does not classify the data cannot be trusted")
+    if best is not None and best["accuracy"] >= need and best["accuracy"] > acc:
+        res.fits = best["name"]
+        fix = f"rescan with --normalize {best['normalize']}"
+        if best["bgr"]:
+            fix = (f"the network expects BGR channel order, which --normalize cannot express: "
+                   f"re-export it taking RGB input (then --normalize {best['normalize']})")
+        res.hint = (f"the network reaches {best['accuracy']:.1%} when its input is scaled as "
+                    f"{best['name']}: {fix}")
+    else:
+        res.hint = ("no common input convention fits (best: "
+                    + (f"{best['name']} at {best['accuracy']:.1%}" if best else "none ran")
+                    + "): check --data (the dataset the model was trained on), --normalize, "
+                      "and that the labels mean the same classes")
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def _try_conventions(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[dict[str, Any]]:
+    """Accuracy of the bare network (the loader's normalisation removed) under each convention
+    of :data:`CONVENTIONS` (and BGR order for 3 channels), best first."""
     net = model
     if getattr(model, "normalize", None) is not None and hasattr(model, "inner"):
         net = model.inner  # type: ignore[assignment]
@@ -268,26 +303,15 @@ def sanity_check(model: nn.Module, clean: CleanData, *, recorded_accuracy: float
                     continue
                 trials.append({"name": name + (", BGR channel order" if bgr else ""), "accuracy": a,
                                "normalize": f"{_fmt_floats(mean)}/{_fmt_floats(std)}", "bgr": bgr})
+    in_order = list(trials)  # CONVENTIONS order: simplest first
     trials.sort(key=lambda t: -t["accuracy"])
-    res.conventions = trials
-    res.reason = (f"the model classifies only {acc:.1%} of the {len(x)} scan images correctly, "
-                  f"{why_low}: a scan of a model that does not classify the data cannot be trusted")
-    best = trials[0] if trials else None
-    if best is not None and best["accuracy"] >= need and best["accuracy"] > acc:
-        res.fits = best["name"]
-        fix = f"rescan with --normalize {best['normalize']}"
-        if best["bgr"]:
-            fix = (f"the network expects BGR channel order, which --normalize cannot express: "
-                   f"re-export it taking RGB input (then --normalize {best['normalize']})")
-        res.hint = (f"the network reaches {best['accuracy']:.1%} when its input is scaled as "
-                    f"{best['name']}: {fix}")
-    else:
-        res.hint = ("no common input convention fits (best: "
-                    + (f"{best['name']} at {best['accuracy']:.1%}" if best else "none ran")
-                    + "): check --data (the dataset the model was trained on), --normalize, "
-                      "and that the labels mean the same classes")
-    res.seconds = time.perf_counter() - t0
-    return res
+    if trials:  # near-ties (within a standard error of the best) go to the simplest convention
+        top = trials[0]["accuracy"]
+        tol = math.sqrt(max(top * (1 - top), 1e-12) / len(x))
+        first = next(t for t in in_order if t["accuracy"] >= top - tol)
+        trials.remove(first)
+        trials.insert(0, first)
+    return trials
 
 
 # ---------------------------------------------------------------------------------- methods
