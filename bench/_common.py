@@ -119,6 +119,21 @@ def mnist_clean_model(root: str | Path | None = None, seed: int = 0) -> tuple[to
     return cached_model(f"mnist_clean_borji_seed{seed}", build)
 
 
+def run_cli(args: list[str], timeout: float, env: dict[str, str] | None = None, tail: int = 3000) -> dict[str, Any]:
+    """Run ``python -m trojanscope ARGS`` as a user would: exit status, seconds, output tail."""
+    import subprocess
+
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.run([sys.executable, "-m", "trojanscope", *args], capture_output=True, text=True,
+                           timeout=timeout, env={**os.environ, **(env or {})})
+        rc, out = p.returncode, (p.stdout + p.stderr)[-tail:]
+    except subprocess.TimeoutExpired:
+        rc, out = None, "timed out"
+    return {"command": "trojanscope " + shlex.join(args), "exit": rc,
+            "seconds": round(time.perf_counter() - t0, 1), "output_tail": out}
+
+
 def write_result(name: str, payload: dict[str, Any]) -> Path:
     """Write ``bench/results/<name>.json`` atomically with the command, versions and time."""
     RESULTS.mkdir(parents=True, exist_ok=True)

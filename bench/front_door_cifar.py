@@ -19,13 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+from _common import run_cli
 
 BENCH = Path(__file__).resolve().parent
 CACHE = BENCH / "cache" / "scan_speed"
@@ -59,15 +58,7 @@ def _export_pm1(src: Path, dst: Path) -> None:
 
 
 def _run(args: list[str], timeout: float) -> dict:
-    t0 = time.perf_counter()
-    try:
-        p = subprocess.run([sys.executable, "-m", "trojanscope", *args], capture_output=True, text=True,
-                           timeout=timeout, env={**os.environ})
-        rc, tail = p.returncode, (p.stdout + p.stderr)[-2500:]
-    except subprocess.TimeoutExpired:
-        rc, tail = None, "timed out"
-    return {"command": "trojanscope " + shlex.join(args), "exit": rc,
-            "seconds": round(time.perf_counter() - t0, 1), "output_tail": tail}
+    return run_cli(args, timeout, tail=2500)
 
 
 def main() -> None:

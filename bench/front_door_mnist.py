@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _common import run_cli
 
 BENCH = Path(__file__).resolve().parent
 CACHE = BENCH / "cache" / "front_door"
@@ -31,20 +31,8 @@ TRAIN = {
 EXPECT = {"backdoored": {"exit": 1, "target": 1}, "clean": {"exit": 0, "target": None}}
 
 
-def _cli() -> list[str]:
-    return [sys.executable, "-m", "trojanscope"]
-
-
 def _run(args: list[str], timeout: float) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    t0 = time.perf_counter()
-    try:
-        p = subprocess.run(_cli() + args, capture_output=True, text=True, timeout=timeout, env=env)
-        rc, tail = p.returncode, (p.stdout + p.stderr)[-3000:]
-    except subprocess.TimeoutExpired:
-        rc, tail = None, "timed out"
-    return {"command": "trojanscope " + shlex.join(args), "exit": rc,
-            "seconds": round(time.perf_counter() - t0, 1), "output_tail": tail}
+    return run_cli(args, timeout, env={"OMP_NUM_THREADS": "1"})
 
 
 def main() -> None:
