@@ -25,10 +25,16 @@ def test_demo_end_to_end(tmp_path):
     assert nc_bd["backdoored"] and nc_bd["target"] == rep["demo"]["target"]
     assert not nc_cl["backdoored"]
     # the scans go through the workflow (scan_model): one combined verdict per model, the one
-    # `trojanscope scan` would give (measured: p = 0.0002 backdoored, 0.97 clean)
+    # `trojanscope scan` would give (measured: p = 2e-4 to 2e-5 backdoored). The clean model is
+    # never called backdoored; it is "clean" (p 0.97-1.0) on this machine's kernels, but under
+    # ATEN_CPU_CAPABILITY=default with one thread L-RED alone reached p = 0.019 on it and the
+    # combined verdict was "inconclusive" (split evidence): a real property of L-RED on 16x16
+    # digits, not a knife-edge to pin (docs/testing.md)
     v = rep["verdicts"]
     assert v["backdoored"]["verdict"] == "backdoored" and v["backdoored"]["target"] == rep["demo"]["target"]
-    assert v["clean"]["verdict"] == "clean"
+    assert v["clean"]["verdict"] in ("clean", "inconclusive")
+    if v["clean"]["verdict"] == "inconclusive":  # only split evidence, never a combined detection
+        assert v["clean"]["p_value"] >= 0.05 and "split" in v["clean"]["reason"]
     assert not [s for s in rep["skipped"] if "error" in s], rep["skipped"]
     # experimental methods run only when named
     assert "lred_perceptible" not in {s["method"] for s in rep["model_scans"]}

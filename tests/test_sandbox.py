@@ -279,6 +279,11 @@ def test_sigterm_ends_a_stuck_forward_within_5_s(models, isolated):
     p = _cli("evaluate", str(models["loop"]), "--data", "digits", "--device", "cpu", env=env)
     if isolated:
         child, _ = _wait_for_child(p)
+    # the CLI catches SIGTERM once its imports are done (seconds on a loaded machine): wait for
+    # that, then let it get stuck in the forward
+    deadline = time.monotonic() + 120
+    while not _catches_sigterm(p.pid) and time.monotonic() < deadline and p.poll() is None:
+        time.sleep(0.2)
     time.sleep(8)  # loading done, stuck in forward (or still loading on a slow machine: same rule)
     assert p.poll() is None
     t = time.monotonic()
@@ -289,6 +294,16 @@ def test_sigterm_ends_a_stuck_forward_within_5_s(models, isolated):
     assert "Traceback" not in err and err.strip() == "interrupted"
     if isolated:
         assert not _alive(child)
+
+
+def _catches_sigterm(pid: int) -> bool:
+    """Whether process ``pid`` has a handler for SIGTERM (Linux: /proc/PID/status SigCgt)."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True  # no /proc (not Linux): fall back to the fixed wait
+    mask = next((int(line.split()[1], 16) for line in text.splitlines() if line.startswith("SigCgt:")), 0)
+    return bool(mask >> (signal.SIGTERM - 1) & 1)
 
 
 def _garble():

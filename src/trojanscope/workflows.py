@@ -277,8 +277,11 @@ def sanity_check(model: nn.Module, clean: CleanData, *, recorded_accuracy: float
 
 
 def _try_conventions(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[dict[str, Any]]:
-    """Accuracy of the bare network (the loader's normalisation removed) under each convention
-    of :data:`CONVENTIONS` (and BGR order for 3 channels), best first."""
+    """Accuracy of the bare network under each input convention, best first.
+
+    The loader's normalisation is removed; every convention of :data:`CONVENTIONS` is tried, and
+    for 3 channels also in BGR order.
+    """
     net = model
     if getattr(model, "normalize", None) is not None and hasattr(model, "inner"):
         net = model.inner  # type: ignore[assignment]
