@@ -86,8 +86,9 @@ class LRED(ModelDetector):
         pi: target misclassification fraction (eq. 3; paper 0.9).
         theta: detection threshold on the p-value (paper 0.05).
         step: "adaptive" (default) or "fixed" (the paper's constant step ``delta``, slow).
-            The adaptive defaults (``rel_step`` 0.2, ``tol`` 1e-2, ``free_step`` 1.0) do ~1/4 of
-            the work of trojanscope 0.1's (0.1, 1e-3, none) at the same p-values to two digits
+            The adaptive defaults (``rel_step`` 0.2, ``tol`` 1e-2, ``free_step`` 1.0) do 1/4-1/3 of
+            the work of trojanscope 0.1's (0.1, 1e-3, none); the p-values move (up to 10x on
+            backdoored models) but not across ``theta`` and the target stays
             on the ``bench/scan_speed.py`` models (issue 16).
         delta: the fixed step size (paper 1e-4); for "adaptive", the finest step.
         rel_step: adaptive step as a fraction of ||v|| (smaller = closer to the fixed-step path).
