@@ -64,10 +64,6 @@ def _export(src: Path, dst: Path, kind: str) -> None:
     save_model(_Convention(net, *CONVENTION[kind]).eval(), dst, in_shape=shape)
 
 
-def _run(args: list[str], timeout: float) -> dict:
-    return run_cli(args, timeout, tail=2500)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", default=os.environ.get("TROJANSCOPE_DATA"))
@@ -90,8 +86,8 @@ def main() -> None:
             continue
         target = TARGETS.get(name)
         report = CACHE / f"front_door_{name}.json"
-        rec = _run(["scan", str(CACHE / file), "--data", data, "--data-dir", args.data_dir, "--device", "cpu",
-                    "--json", str(report)], args.timeout)
+        rec = run_cli(["scan", str(CACHE / file), "--data", data, "--data-dir", args.data_dir, "--device", "cpu",
+                    "--json", str(report)], args.timeout, tail=2500)
         rec["command"] = rec["command"].replace(str(CACHE) + "/", "").replace(args.data_dir, "DATA")
         rec["output_tail"] = rec["output_tail"].replace(str(CACHE) + "/", "")
         if report.is_file():

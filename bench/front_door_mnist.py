@@ -31,10 +31,6 @@ TRAIN = {
 EXPECT = {"backdoored": {"exit": 1, "target": 1}, "clean": {"exit": 0, "target": None}}
 
 
-def _run(args: list[str], timeout: float) -> dict:
-    return run_cli(args, timeout, env={"OMP_NUM_THREADS": "1"})
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", default=os.environ.get("TROJANSCOPE_DATA"))
@@ -52,15 +48,15 @@ def main() -> None:
         model = CACHE / f"mnist_{name}.safetensors"
         rec: dict = {"model": str(model.relative_to(BENCH.parent))}
         if not model.exists():
-            rec["train"] = _run(["train", "--data", "mnist", "--data-dir", args.data_dir, "--arch", "borji_cnn",
+            rec["train"] = run_cli(["train", "--data", "mnist", "--data-dir", args.data_dir, "--arch", "borji_cnn",
                                  *extra, "--epochs", "1", "--lr", "0.05", "--seed", "0", "--device", "cpu",
-                                 "--out", str(model)], args.timeout)
+                                 "--out", str(model)], args.timeout, env={"OMP_NUM_THREADS": "1"})
         side = json.loads(model.with_suffix(".json").read_text())
         rec["model_cta"] = side["metrics"].get("cta")
         rec["model_asr"] = side["metrics"].get("asr")
         report = CACHE / f"scan_{name}.json"
-        rec["scan"] = _run(["scan", str(model), "--data-dir", args.data_dir, "--device", "cpu",
-                            "--json", str(report)], args.timeout)
+        rec["scan"] = run_cli(["scan", str(model), "--data-dir", args.data_dir, "--device", "cpu",
+                            "--json", str(report)], args.timeout, env={"OMP_NUM_THREADS": "1"})
         if report.exists():
             r = json.loads(report.read_text())
             rec["verdict"] = r["verdict"]

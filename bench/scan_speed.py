@@ -92,13 +92,11 @@ def _train(name: str, data_dir: Path, timeout: float) -> tuple[Path, dict[str, A
     return path, rec
 
 
-def _scan(path: Path, data: str, data_dir: Path, params: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    from trojanscope.data import load_dataset
+def _scan(path: Path, few: Any, params: dict[str, dict[str, Any]]) -> dict[str, Any]:
     from trojanscope.models import load_model
     from trojanscope.workflows import scan_model
 
-    few = load_dataset(data, "train", root=data_dir).clean_subset(N_PER_CLASS, seed=0)
-    model = load_model(path, device="cpu")
+    model = load_model(path, device="cpu")  # fresh for every configuration
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
     rep = scan_model(model, few, "auto", params=params, seed=0)
@@ -223,11 +221,16 @@ def main() -> None:
         configs = [c for c in args.configs.split(",") if c]
         if args.reference and name.startswith("mnist") and "reference" not in configs:
             configs.insert(0, "reference")
+        from trojanscope.data import load_dataset
+
         data = spec["train"][spec["train"].index("--data") + 1]
+        few = None  # the scan images, read once per model (CIFAR-10 batches are xz-compressed)
         for cfg in configs:
             if cfg in rec["runs"] and not args.fresh:
                 continue
-            r = _scan(model_path, data, root, CONFIGS[cfg])
+            if few is None:
+                few = load_dataset(data, "train", root=root).clean_subset(N_PER_CLASS, seed=0)
+            r = _scan(model_path, few, CONFIGS[cfg])
             r["as_expected"] = (r["target"] == spec["target"]) and (r["verdict"] == ("clean" if spec["target"] is None
                                                                                    else "backdoored"))
             rec["runs"][cfg] = r
