@@ -63,31 +63,43 @@ def test_every_registered_trigger_is_covered():
     assert {"badnets", "blend", "multiply", "additive", "mask_pattern"} <= set(triggers())
 
 
-def test_triggers_from_text_parameters(tmp_path):
-    """The train CLI passes ``--attack-param k=v`` as text: it must mean the same as numbers."""
+def test_triggers_from_command_line_text(tmp_path):
+    """``--attack-param k=v`` text is parsed once, by the CLI, into the values a trigger takes:
+    the trigger built from the text is the one built from numbers."""
+    from trojanscope.cli.train import make_trigger, parse_params
+
     x = _images(3)
     np.save(tmp_path / "m.npy", np.ones((1, 12, 12), dtype=np.float32) * 0.5)
     pairs = [
-        ("badnets", {"size": "4", "location": "2,3", "pattern": "color", "margin": "0"},
+        ("badnets", ["size=4", "location=2,3", "pattern=color", "margin=0"],
          {"size": 4, "location": (2, 3), "pattern": "color", "margin": 0}),
-        ("additive", {"pattern": "local_chessboard", "amplitude": "25/255", "location": "(1, 1)",
-                      "patch_size": "4", "signed": "true"},
+        ("badnets", ["size=4.0", "location=Top_Left"], {"size": 4, "location": "top_left"}),
+        ("additive", ["pattern=local_chessboard", "amplitude=25/255", "location=(1, 1)",
+                      "patch_size=4", "signed=true"],
          {"pattern": "local_chessboard", "amplitude": 25 / 255, "location": (1, 1), "patch_size": 4,
           "signed": True}),
-        ("blend", {"alpha": "0.2", "mode": "add"}, {"alpha": 0.2, "mode": "add"}),
-        ("multiply", {"factor": "1.5"}, {"factor": 1.5}),
-        ("mask_pattern", {"mask": str(tmp_path / "m.npy"), "pattern": "0.25"},
+        ("additive", ["pattern=global", "quantize=0"], {"pattern": "global", "quantize": False}),
+        ("blend", ["alpha=0.2", "mode=add", "quantize=1"], {"alpha": 0.2, "mode": "add", "quantize": True}),
+        ("multiply", ["factor=1.5"], {"factor": 1.5}),
+        ("mask_pattern", [f"mask={tmp_path / 'm.npy'}", "pattern=0.25"],
          {"mask": torch.full((1, 12, 12), 0.5), "pattern": 0.25}),
     ]
     for name, text, num in pairs:
-        assert torch.allclose(create_trigger(name, **text).apply(x), create_trigger(name, **num).apply(x))
+        assert torch.equal(make_trigger(name, parse_params(text)).apply(x), create_trigger(name, **num).apply(x))
+    # the library itself takes typed values only, and says which one is wrong
+    with pytest.raises(ts.InputError, match=r"^additive: amplitude must be a number in \[-1, 1\] or None, got '25/255'$"):
+        create_trigger("additive", amplitude="25/255").apply(x)
+    with pytest.raises(ts.InputError, match=r"^badnets: size must be an int >= 1, got 0$"):
+        make_trigger("badnets", parse_params(["size=0"]))  # before any image is poisoned
 
 
 @pytest.mark.parametrize("name, params, msg", [
     ("badnets", {"size": 0}, "size"),
     ("badnets", {"size": 20}, "does not fit"),
     ("badnets", {"location": "middle"}, "location"),
-    ("badnets", {"location": "11,11"}, "does not fit"),
+    ("badnets", {"location": (11, 11)}, "does not fit"),
+    ("badnets", {"location": "11,11"}, "location must be"),
+    ("badnets", {"location": (2, -1)}, "location must be"),
     ("badnets", {"pattern": "stripes"}, "pattern"),
     ("blend", {"alpha": 2}, "alpha"),
     ("blend", {"mode": "screen"}, "mode"),
@@ -95,6 +107,7 @@ def test_triggers_from_text_parameters(tmp_path):
     ("blend", {"image": torch.full((1, 12, 12), 3.0)}, r"\[0, 1\]"),
     ("multiply", {"factor": -1}, "factor"),
     ("multiply", {"factor": "two"}, "number"),
+    ("multiply", {"quantize": "yes"}, "quantize must be True or False"),
     ("additive", {"pattern": "stripes"}, "pattern"),
     ("additive", {"amplitude": "abc"}, "number"),
     ("additive", {"pattern": "square", "channel": 5}, "channel"),
@@ -210,7 +223,7 @@ def test_additive_patterns_match_the_paper():
     for pattern, count in (("pixel", 1), ("cross", 5), ("l_shape", 4)):
         p = create_trigger("additive", pattern=pattern).perturbation((1, 16, 16))
         assert int((p > 0).sum()) == count, pattern
-    fixed = create_trigger("additive", pattern="cross", location="0,0").perturbation((1, 5, 5))[0]
+    fixed = create_trigger("additive", pattern="cross", location=(0, 0)).perturbation((1, 5, 5))[0]
     assert fixed[1].tolist()[:3] == pytest.approx([60 / 255] * 3) and fixed[0, 1] > 0 and fixed[0, 0] == 0
 
 

@@ -19,6 +19,8 @@ runner = CliRunner()
 def test_parse_attack_params():
     assert parse_value("5") == 5 and parse_value("0.1") == 0.1 and parse_value("true") is True
     assert parse_value("none") is None and parse_value("2,3") == [2, 3] and parse_value("top_right") == "top_right"
+    assert parse_value("25/255") == 25 / 255 and parse_value("(2, 3)") == [2, 3] == parse_value("[2,3]")
+    assert parse_value("models/a.pt") == "models/a.pt" and parse_value("1/0") == "1/0"
     assert parse_params(["size=4", "location=top_left", "pattern-seed=3"]) == {
         "size": 4, "location": "top_left", "pattern_seed": 3}
     with pytest.raises(InputError, match="key=value"):
@@ -66,6 +68,33 @@ def test_evaluate_uses_the_sidecar_attack_and_writes_json(trained, tmp_path):
     assert json.loads((tmp_path / "o.json").read_text())["asr"] < got["asr"] - 0.3
 
 
+def test_attack_params_are_typed_once_by_the_cli(trained, tmp_path):
+    """``amplitude=25/255``, ``location=(1, 1)``: the CLI parses the text into the values the
+    trigger takes (and records those); a sidecar of an earlier version that recorded text is
+    read the same way."""
+    import shutil
+
+    path, _ = trained
+    res = runner.invoke(app, ["evaluate", str(path), "--data", "digits", "--attack", "additive", "--target", "0",
+                              "--attack-param", "pattern=local_chessboard", "--attack-param", "amplitude=25/255",
+                              "--attack-param", "location=(1, 1)", "--attack-param", "patch_size=4",
+                              "--json", str(tmp_path / "a.json")])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    params = json.loads((tmp_path / "a.json").read_text())["attack"]["params"]
+    assert params == {"pattern": "local_chessboard", "amplitude": pytest.approx(25 / 255), "location": [1, 1],
+                      "patch_size": 4}
+    side = json.loads(path.with_suffix(".json").read_text())
+    old = tmp_path / "old.safetensors"
+    shutil.copy(path, old)
+    side["attack"]["params"] = {"size": "2", "location": "top_left"}  # as text
+    sidecar_path(old).write_text(json.dumps(side))
+    res = runner.invoke(app, ["evaluate", str(old), "--data", "digits", "--json", str(tmp_path / "o.json")])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    got = json.loads((tmp_path / "o.json").read_text())
+    assert got["attack"]["params"] == {"size": 2, "location": "top_left"}
+    assert got["asr"] == pytest.approx(side["metrics"]["asr"])
+
+
 def test_clean_normalised_training_to_onnx(tmp_path):
     out = tmp_path / "clean.onnx"
     res = runner.invoke(app, ["train", "--data", "digits", "--arch", "small_cnn", "--epochs", "3", "--lr", "0.05",
@@ -83,6 +112,10 @@ def test_clean_normalised_training_to_onnx(tmp_path):
      "exactly one of --poison-count"),
     (["train", "--data", "digits", "--attack", "badnets", "--target", "1", "--poison-count", "5",
       "--attack-param", "colour=red", "--out", "x.safetensors"], "does not take these parameters"),
+    (["train", "--data", "digits", "--attack", "badnets", "--target", "1", "--poison-count", "5",
+      "--attack-param", "size=0", "--out", "x.safetensors"], "badnets: size must be an int >= 1, got 0"),
+    (["train", "--data", "digits", "--attack", "additive", "--target", "1", "--poison-count", "5",
+      "--attack-param", "amplitude=1/0", "--out", "x.safetensors"], "amplitude must be a number in [-1, 1]"),
     (["train", "--data", "digits", "--out", "x.h5"], "unknown model file type"),
     (["evaluate", "missing.pt", "--data", "digits"], "does not exist"),
 ])

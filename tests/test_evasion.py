@@ -142,8 +142,9 @@ def test_random_start_is_seeded_and_probabilities_are_handled(victim):
     ("pgd", {"eps": -1}, {}, "eps"),
     ("pgd", {"norm": "l1"}, {}, "norm"),
     ("pgd", {"steps": 0}, {}, "steps"),
-    ("pgd", {"eps": "inf"}, {}, "finite"),
-    ("bim", {"eps": "inf"}, {}, "step_size"),
+    ("pgd", {"eps": float("inf")}, {}, r"^pgd: eps must be a number > 0, got inf$"),
+    ("pgd", {"eps": "0.1"}, {}, r"^pgd: eps must be a number > 0, got '0.1'$"),
+    ("bim", {"eps": float("inf")}, {}, "step_size"),
     ("fgsm", {"eps": "big"}, {}, "number"),
     ("cw", {"kappa": -1}, {}, "kappa"),
     ("fgsm", {}, {"targeted": True}, "targets"),
@@ -170,6 +171,6 @@ def test_fgsm_is_borji_eq1_and_unbounded_bim_iterates_it(victim):
     got = _registry.create("evasion", "fgsm", eps=0.1).run(m, x[:8], target=t)
     assert torch.allclose(got, expect, atol=1e-6)
     # Borji iterates FGSM without a ball: eps=inf, a fixed step
-    it = _registry.create("evasion", "bim", eps="inf", step_size=0.1, steps=4).run(m, x[:8], target=t)
+    it = _registry.create("evasion", "bim", eps=float("inf"), step_size=0.1, steps=4).run(m, x[:8], target=t)
     linf = float((it - x[:8]).abs().max())
     assert 0.2 < linf <= 0.4 + 1e-6

@@ -262,6 +262,31 @@ def test_list_methods_with_parameters_and_defaults():
     assert isinstance(bad.exception, InputError)
 
 
+def test_list_shows_the_allowed_values_from_the_constraints():
+    """Each parameter's allowed values come from the same ``parameter_constraints`` that
+    ``validate_params`` checks, for every kind that has them."""
+    import trojanscope as ts
+    from trojanscope._params import describe_briefly
+
+    res = CliRunner().invoke(app, ["list"])
+    assert res.exit_code == 0, res.output
+    lines = [" ".join(line.split()) for line in res.output.splitlines()]
+    for line in ("lr = 0.1 (> 0)", "variant = 'A' (one of A, U, P)", "epochs = 60 (int >= 1)",
+                 "n_per_class = 8 (int >= 1 or None)", "alpha = 0.1 (in [0, 1])", "eps = 0.3 (> 0 or inf)",
+                 "random_start = True (true/false)", "trigger_source = 'reversed' (one of reversed, true, clean)"):
+        assert line in lines, line
+    js = json.loads(CliRunner().invoke(app, ["list", "--json"]).output)
+    for kind, rows in js.items():
+        for row in rows:
+            cls = ts.get(row["kind"], row["name"])
+            table = getattr(cls, "all_parameter_constraints", dict)()
+            for p in row["parameters"]:
+                want = describe_briefly(table[p["name"]]) if p["name"] in table else None
+                assert p["allowed"] == want, (kind, row["name"], p)
+    assert any(p["allowed"] for p in js["triggers"][0]["parameters"])
+    assert any(p["allowed"] for p in js["evasion"][0]["parameters"])
+
+
 def test_version():
     from trojanscope import __version__
 

@@ -37,7 +37,17 @@ from conftest import assert_unchanged, state_snapshot
 from torch import nn
 
 import trojanscope as ts
-from trojanscope._params import Boolean, Configurable, Constraint, InstanceOf, Interval, Options
+from trojanscope._params import (
+    Boolean,
+    Configurable,
+    Constraint,
+    FilePath,
+    InstanceOf,
+    Interval,
+    Options,
+    Pair,
+    describe_briefly,
+)
 from trojanscope._registry import _PROVIDERS
 
 ESTIMATOR_KINDS = ["model_detector", "input_detector", "mitigation", "trigger", "evasion"]
@@ -131,9 +141,11 @@ def test_parameters_are_documented(kind: str, name: str) -> None:
     assert not documented - params, f"{cls.__name__}: documents unknown parameters {sorted(documented - params)}"
 
 
-# --- parameter constraints (model detectors, input detectors, mitigations) ---------------------
+# --- parameter constraints (every estimator kind) -------------------------------------------
 
 METHOD_KINDS = ("model_detector", "input_detector", "mitigation")
+#: every kind whose entries declare ``parameter_constraints``
+CONSTRAINED_KINDS = (*METHOD_KINDS, "trigger", "evasion")
 
 
 class _Tripwire(nn.Module):
@@ -165,6 +177,10 @@ def _invalid_values(c: Constraint) -> list[Any]:
         return [1, "yes"]
     if isinstance(c, InstanceOf):
         return [object()]
+    if isinstance(c, FilePath):
+        return ["no_such_option", "notes.txt", 12345]
+    if isinstance(c, Pair):
+        return [(), "1,2", *[(v, v) for v in _invalid_values(c.item)]]
     raise AssertionError(f"no invalid example for {c!r}")
 
 
@@ -174,11 +190,15 @@ def _run_entry(kind: str, obj: Any) -> None:
         obj.scan(_Tripwire(), (x, y))
     elif kind == "input_detector":
         obj.fit(_Tripwire(), (x, y))
+    elif kind == "trigger":
+        obj.apply(x)
+    elif kind == "evasion":
+        obj.run(_Tripwire(), x, y)
     else:
         obj.apply(_Tripwire(), (x, y))
 
 
-@pytest.mark.parametrize(("kind", "name"), _entries(*METHOD_KINDS))
+@pytest.mark.parametrize(("kind", "name"), _entries(*CONSTRAINED_KINDS))
 def test_parameter_constraints_name_real_parameters_and_allow_the_defaults(kind: str, name: str) -> None:
     cls = ts.get(kind, name)
     params = {n: p.default for n, p in inspect.signature(cls.__init__).parameters.items() if n != "self"}
@@ -193,10 +213,10 @@ def test_parameter_constraints_name_real_parameters_and_allow_the_defaults(kind:
     cls().validate_params()
 
 
-@pytest.mark.parametrize(("kind", "name"), _entries(*METHOD_KINDS))
+@pytest.mark.parametrize(("kind", "name"), _entries(*CONSTRAINED_KINDS))
 def test_a_bad_parameter_fails_before_any_work_naming_it(kind: str, name: str) -> None:
-    """Every constraint is enforced at the entry point (scan / fit / apply), with one message
-    format, before the model runs."""
+    """Every constraint is enforced at the entry point (scan / fit / apply / run), with one
+    message format, before the model runs."""
     cls = ts.get(kind, name)
     for param, constraints in cls.all_parameter_constraints().items():
         bad = [v for c in constraints if c is not None for v in _invalid_values(c)
@@ -267,6 +287,23 @@ def test_constraint_vocabulary() -> None:
     assert not Options((1, 2)).allows(True) and not Options((1, 2)).allows(1.0)
     assert Boolean().allows(False) and not Boolean().allows(0)
     assert InstanceOf(str, what="a path").describe() == "a path" and not InstanceOf(str).allows(3)
+    unbounded = Interval(float, 0, None, closed="neither", allow_inf=True)
+    assert unbounded.allows(float("inf")) and not unbounded.allows(float("-inf")) and not unbounded.allows(0)
+    assert unbounded.describe() == "a number > 0 or inf"
+    with pytest.raises(TypeError):
+        Interval(int, 0, None, allow_inf=True)
+    img = FilePath((".png", ".npy"), what="an image file")
+    assert img.allows("a/b.PNG") and img.allows(Path("x.npy")) and not any(
+        img.allows(v) for v in ("noise", "x.txt", 3, None))
+    pos = Pair(Interval(int, 0, None), what="a (row, col) pair")
+    assert pos.allows((2, 3)) and pos.allows([0, np.int64(1)])
+    assert not any(pos.allows(v) for v in ((1,), (1, 2, 3), (1, -1), (1.5, 2), "2,3", (True, 1)))
+    assert pos.describe() == "a (row, col) pair, each an int >= 0"
+    # the short forms `trojanscope list` prints
+    assert describe_briefly([Interval(float, 0, None, closed="neither")]) == "> 0"
+    assert describe_briefly([Interval(int, 1, None), None]) == "int >= 1 or None"
+    assert describe_briefly([Options(("A", "U", "P"))]) == "one of A, U, P"
+    assert describe_briefly([Boolean()]) == "true/false"
 
     class Toy(Configurable):
         parameter_constraints: ClassVar[dict[str, list[Constraint | None]]] = {"k": [nn_int, None]}

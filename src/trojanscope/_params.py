@@ -16,13 +16,15 @@ classes) stay in the method and run after :meth:`~Configurable.validate_params`.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterable
 from numbers import Integral, Real
+from pathlib import PurePath
 from typing import Any, ClassVar, Literal
 
 from .errors import InputError
 
-__all__ = ["Boolean", "Configurable", "Constraint", "InstanceOf", "Interval", "Options"]
+__all__ = ["Boolean", "Configurable", "Constraint", "FilePath", "InstanceOf", "Interval", "Options", "Pair"]
 
 
 class Constraint:
@@ -35,6 +37,10 @@ class Constraint:
     def describe(self) -> str:
         """The allowed values in words, as they follow "must be" (e.g. ``an int >= 1``)."""
         raise NotImplementedError
+
+    def brief(self) -> str:
+        """A short form for listings (``trojanscope list``), e.g. ``> 0`` or ``one of A, U``."""
+        return self.describe()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__}: {self.describe()}>"
@@ -54,18 +60,25 @@ class Interval(Constraint):
         lo: the lower end (None: no lower bound).
         hi: the upper end (None: no upper bound).
         closed: ``"both"`` (default), ``"left"``, ``"right"`` or ``"neither"``.
+        allow_inf: also allow ``+inf`` (floats with no upper bound only; e.g. an unbounded
+            perturbation budget).
     """
 
     def __init__(self, kind: type[int] | type[float], lo: float | None, hi: float | None, *,
-                 closed: Closed = "both") -> None:
+                 closed: Closed = "both", allow_inf: bool = False) -> None:
         if kind not in (int, float):
             raise TypeError(f"Interval takes int or float, not {kind!r}")
+        if allow_inf and (kind is int or hi is not None):
+            raise TypeError("allow_inf needs a float Interval without an upper end")
         self.kind, self.lo, self.hi, self.closed = kind, lo, hi, closed
+        self.allow_inf = allow_inf
 
     def allows(self, value: Any) -> bool:
         if isinstance(value, bool) or not isinstance(value, Integral if self.kind is int else Real):
             return False
         v = float(value)
+        if self.allow_inf and v == math.inf:
+            return True
         if not math.isfinite(v):
             return False
         left, right = self.closed in ("both", "left"), self.closed in ("both", "right")
@@ -73,16 +86,26 @@ class Interval(Constraint):
             return False
         return not (self.hi is not None and (v > self.hi or (v == self.hi and not right)))
 
-    def describe(self) -> str:
-        what = "an int" if self.kind is int else "a number"
+    def _range(self) -> str:
         left, right = self.closed in ("both", "left"), self.closed in ("both", "right")
         if self.lo is not None and self.hi is not None:
-            return f"{what} in {'[' if left else '('}{self.lo:g}, {self.hi:g}{']' if right else ')'}"
+            return f"in {'[' if left else '('}{self.lo:g}, {self.hi:g}{']' if right else ')'}"
         if self.lo is not None:
-            return f"{what} {'>=' if left else '>'} {self.lo:g}"
+            return f"{'>=' if left else '>'} {self.lo:g}"
         if self.hi is not None:
-            return f"{what} {'<=' if right else '<'} {self.hi:g}"
-        return what
+            return f"{'<=' if right else '<'} {self.hi:g}"
+        return ""
+
+    def describe(self) -> str:
+        what = "an int" if self.kind is int else "a number"
+        rng = self._range()
+        return (f"{what} {rng}" if rng else what) + (" or inf" if self.allow_inf else "")
+
+    def brief(self) -> str:
+        rng = self._range()
+        if self.kind is int:
+            return f"int {rng}" if rng else "int"
+        return (rng or "number") + (" or inf" if self.allow_inf else "")
 
 
 class Options(Constraint):
@@ -110,6 +133,9 @@ class Options(Constraint):
     def describe(self) -> str:
         return "one of " + ", ".join(map(repr, self.values))
 
+    def brief(self) -> str:
+        return "one of " + ", ".join(str(v) for v in self.values)
+
 
 class Boolean(Constraint):
     """``True`` or ``False`` (not 0/1, not a string)."""
@@ -119,6 +145,9 @@ class Boolean(Constraint):
 
     def describe(self) -> str:
         return "True or False"
+
+    def brief(self) -> str:
+        return "true/false"
 
 
 class InstanceOf(Constraint):
@@ -140,8 +169,63 @@ class InstanceOf(Constraint):
         return self.what
 
 
+class FilePath(Constraint):
+    """A path (``str`` or :class:`os.PathLike`) whose name ends in one of ``suffixes``.
+
+    Only the name is checked here: whether the file exists and what it holds is found out when
+    the method reads it (a parameter check never touches the disk).
+
+    Args:
+        suffixes: the accepted endings, e.g. ``(".png", ".npy")`` (case-insensitive).
+        what: how the message names such a file (default: ``a .png/.npy file``).
+    """
+
+    def __init__(self, suffixes: Iterable[str], *, what: str | None = None) -> None:
+        self.suffixes = tuple(s.lower() for s in suffixes)
+        self.what = what or "a " + "/".join(self.suffixes) + " file"
+
+    def allows(self, value: Any) -> bool:
+        if not isinstance(value, (str, os.PathLike)):
+            return False
+        try:
+            return PurePath(value).suffix.lower() in self.suffixes
+        except TypeError:  # a PathLike that gives bytes
+            return False
+
+    def describe(self) -> str:
+        return self.what
+
+
+class Pair(Constraint):
+    """A tuple or list of two values that ``item`` allows, e.g. a ``(row, col)`` pixel position.
+
+    Args:
+        item: the constraint each of the two values must meet.
+        what: how the message names the pair (default: ``a pair``).
+    """
+
+    def __init__(self, item: Constraint, *, what: str = "a pair") -> None:
+        self.item, self.what = item, what
+
+    def allows(self, value: Any) -> bool:
+        return isinstance(value, (tuple, list)) and len(value) == 2 and all(map(self.item.allows, value))
+
+    def describe(self) -> str:
+        return f"{self.what}, each {self.item.describe()}"
+
+    def brief(self) -> str:
+        return f"{self.what.removeprefix('a ')}, each {self.item.brief()}"
+
+
 def _describe(constraints: list[Constraint | None]) -> str:
     return " or ".join("None" if c is None else c.describe() for c in constraints)
+
+
+def describe_briefly(constraints: list[Constraint | None]) -> str:
+    """The allowed values of one parameter in short: ``> 0``, ``int >= 1 or None``, or with ``|``
+    between alternatives that list values themselves (``one of A, U | None``)."""
+    parts = ["None" if c is None else c.brief() for c in constraints]
+    return (" | " if any("," in p for p in parts) else " or ").join(parts)
 
 
 def _short_repr(value: Any, limit: int = 60) -> str:

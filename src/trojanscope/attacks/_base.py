@@ -16,13 +16,22 @@ class Trigger(Configurable):
     """A backdoor trigger: ``apply(x)`` stamps it on float NCHW images in [0, 1].
 
     Subclasses implement ``_apply(x, g)``; ``g`` is a generator seeded from ``seed`` so that
-    random placements are reproducible. Parameters live in ``__init__`` (keyword-only).
+    random placements are reproducible. Parameters live in ``__init__`` (keyword-only, typed
+    values: the CLI parses text); each trigger declares what they may be in
+    ``parameter_constraints``, checked before any work by :meth:`apply` and the other public
+    methods.
     """
 
     seed: int = 0
 
     def apply(self, x: torch.Tensor, seed: int | None = None) -> torch.Tensor:
-        """Return triggered copies of ``x`` (never modifies ``x``)."""
+        """Return triggered copies of ``x`` (never modifies ``x``).
+
+        Raises:
+            InputError: a parameter outside its ``parameter_constraints`` (before any work), a
+                trigger that does not fit the images, or images that are not NCHW in [0, 1].
+        """
+        self.validate_params()
         check_images(x)
         g = generator(self.seed if seed is None else seed)
         out = self._apply(x.clone(), g)
@@ -34,7 +43,8 @@ class Trigger(Configurable):
     def mask_pattern(self, in_shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(mask [1,H,W], pattern [C,H,W]) for triggers that are a fixed mask+pattern, else None.
 
-        Used to compare a reversed trigger with the true one.
+        Used to compare a reversed trigger with the true one. Subclasses that override this call
+        :meth:`validate_params` first.
         """
         return None
 

@@ -4,25 +4,26 @@
 torchattacks' APIs): the base validates the inputs, resolves the labels (true labels, the model's
 predictions, or targets), freezes the model (eval mode, no parameter gradients, restored after:
 the model and its ``.grad`` are never touched), wraps probability outputs with a log, follows the
-model's device, and runs the attack in batches. Subclasses implement :meth:`_check` (coerce and
-validate the parameters) and :meth:`_run` (one batch).
+model's device, and runs the attack in batches. Subclasses declare what their parameters may be
+in ``parameter_constraints`` (checked first, before the model runs) and implement :meth:`_check`
+(the parameters a batch needs, with checks that involve several of them) and :meth:`_run` (one
+batch).
 """
 
 from __future__ import annotations
 
-from typing import Any, final
+from typing import Any, ClassVar, final
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._params import Configurable
+from .._params import Configurable, Constraint, Interval
 from .._runtime import frozen
 from .._validate import check_images, check_labels, check_logits
 from ..errors import InputError
 from ..models._logits import ensure_logits
 from ..utils import generator, model_device
-from ._params import as_int
 
 
 def objective_grad(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, targeted: bool
@@ -51,8 +52,14 @@ class EvasionAttack(Configurable):
     """``Attack(**params).run(model, x, y, targeted=False) -> x_adv`` with ``x_adv`` in [0, 1].
 
     Subclasses keep their parameters keyword-only in ``__init__`` (stored under the same names, no
-    logic there), including ``batch_size`` (and ``seed`` where they draw random numbers).
+    logic there), including ``batch_size`` (and ``seed`` where they draw random numbers), and
+    declare what each may be in ``parameter_constraints`` (``batch_size`` and ``seed`` are
+    declared here).
     """
+
+    parameter_constraints: ClassVar[dict[str, list[Constraint | None]]] = {
+        "batch_size": [Interval(int, 1, None)],
+    }
 
     @final
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None,
@@ -71,12 +78,17 @@ class EvasionAttack(Configurable):
 
         Returns:
             x_adv [N, C, H, W] in [0, 1], on the device of ``x``, detached.
+
+        Raises:
+            InputError: a parameter outside its ``parameter_constraints`` (before any work), a
+                model that is not a module, images that are not NCHW in [0, 1], bad labels.
         """
+        self.validate_params()
         if not isinstance(model, nn.Module):
             raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         check_images(x, "images to attack")
         p = self._check()
-        bs = as_int(getattr(self, "batch_size", 256), "batch_size", lo=1)
+        bs = int(getattr(self, "batch_size", 256))
         dev, n = model_device(model), len(x)
         xd = x.detach().to(dev, torch.float32)
         with frozen(model):
@@ -102,13 +114,14 @@ class EvasionAttack(Configurable):
                 with torch.no_grad():
                     labels = torch.cat([net(xd[i : i + bs]).argmax(1) for i in range(0, n, bs)])
             labels = labels.to(dev)
-            g = generator(as_int(getattr(self, "seed", 0), "seed"), dev)
+            g = generator(int(getattr(self, "seed", 0)), dev)
             parts = [self._run(net, xd[i : i + bs], labels[i : i + bs], bool(targeted), g, p)
                      for i in range(0, n, bs)]
         return torch.cat(parts).clamp_(0.0, 1.0).detach().to(x.device, x.dtype)
 
     def _check(self) -> dict[str, Any]:  # pragma: no cover
-        """The coerced, validated parameters (raise InputError on bad ones)."""
+        """The parameters :meth:`_run` takes, after :meth:`validate_params` (raise InputError
+        for a combination of values that does not work)."""
         raise NotImplementedError
 
     def _run(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor, targeted: bool,

@@ -19,21 +19,15 @@ vanish. Patterns (defaults are the paper's perturbation sizes):
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
+from .._params import Boolean, Constraint, Interval, Options
 from .._registry import register
 from ..errors import InputError
 from ._base import Trigger
-from ._params import (
-    CORNERS,
-    as_bool,
-    as_choice,
-    as_float,
-    as_int,
-    as_position,
-    corner_position,
-    quantize8,
-)
+from ._images import CORNERS, POSITION, SEED, corner_position, lower, quantize8
 
 #: pattern -> (default amplitude, default patch size, default location, default channel)
 PATTERNS: dict[str, tuple[float, int, str, str]] = {
@@ -72,13 +66,14 @@ class AdditiveTrigger(Trigger):
     Args:
         pattern: "global", "chessboard", "local_chessboard", "square", "pixel", "cross" or
             "l_shape".
-        amplitude: perturbation size, e.g. 2/255 (text "2/255" works); None = the paper's value
-            for the pattern (see the module docstring). Negative values darken.
+        amplitude: perturbation size in [-1, 1], e.g. 2/255 (on the command line
+            ``amplitude=2/255``); None = the paper's value for the pattern (see the module
+            docstring). Negative values darken.
         patch_size: side of a local pattern (6 for local_chessboard, 2 for square, 3 for cross
             and l_shape; the L is ``patch_size`` tall); None = the default.
         location: local patterns only: a corner name, "random" (a fixed place drawn from
-            ``pattern_seed``, the same for every image) or (row, col) / "r,c" of the top-left
-            pixel; None = the pattern's default.
+            ``pattern_seed``, the same for every image) or (row, col) of the top-left pixel (on
+            the command line ``location=r,c``); None = the pattern's default.
         margin: distance from the border for corner placements.
         channel: "all", "random" (one channel drawn from ``pattern_seed``) or a channel index;
             None = the pattern's default ("random" for square, else "all").
@@ -88,7 +83,19 @@ class AdditiveTrigger(Trigger):
         pattern_seed: seed of the random place and channel.
     """
 
-    def __init__(self, *, pattern: str = "chessboard", amplitude: float | str | None = None,
+    parameter_constraints: ClassVar[dict[str, list[Constraint | None]]] = {
+        "pattern": [Options(tuple(PATTERNS), normalize=lower)],
+        "amplitude": [Interval(float, -1, 1), None],
+        "patch_size": [Interval(int, 1, None), None],
+        "location": [Options((*CORNERS, "random"), normalize=lower), POSITION, None],
+        "margin": [Interval(int, 0, None)],
+        "channel": [Options(("all", "random"), normalize=lower), Interval(int, 0, None), None],
+        "signed": [Boolean()],
+        "quantize": [Boolean()],
+        "pattern_seed": [SEED],
+    }
+
+    def __init__(self, *, pattern: str = "chessboard", amplitude: float | None = None,
                  patch_size: int | None = None, location: str | tuple[int, int] | None = None,
                  margin: int = 0, channel: int | str | None = None, signed: bool = False,
                  quantize: bool = True, pattern_seed: int = 0) -> None:
@@ -105,12 +112,13 @@ class AdditiveTrigger(Trigger):
     def perturbation(self, in_shape: tuple[int, int, int]) -> torch.Tensor:
         """The perturbation v [C, H, W] (before clipping and rounding), for comparing norms with a
         reverse-engineered pattern (L-RED sec. 3.2: ``||v||_2``)."""
+        self.validate_params()
         c, h, w = (int(v) for v in in_shape)
-        pattern = as_choice(self.pattern, "additive pattern", tuple(PATTERNS))
+        pattern = lower(self.pattern)
         amp0, s0, loc0, ch0 = PATTERNS[pattern]
-        amp = amp0 if self.amplitude is None else as_float(self.amplitude, "amplitude", -1.0, 1.0)
-        signed = as_bool(self.signed, "signed")
-        g = torch.Generator().manual_seed(as_int(self.pattern_seed, "pattern_seed"))
+        amp = amp0 if self.amplitude is None else float(self.amplitude)
+        signed = self.signed
+        g = torch.Generator().manual_seed(int(self.pattern_seed))
         plane = torch.zeros(h, w)
         i, j = torch.arange(h), torch.arange(w)
         if pattern == "global":
@@ -118,20 +126,19 @@ class AdditiveTrigger(Trigger):
         elif pattern == "chessboard":
             plane = ((i[:, None] + j[None]) % 2 == 0).float()
         else:
-            s = s0 if self.patch_size is None else as_int(self.patch_size, "patch_size", lo=1)
+            s = s0 if self.patch_size is None else int(self.patch_size)
             k = _shape(pattern, s)
             kh, kw = k.shape
             if kh > h or kw > w:
                 raise InputError(f"a {kh}x{kw} {pattern} pattern does not fit a {h}x{w} image")
             loc = loc0 if self.location is None else self.location
-            pos = as_position(loc)
-            if pos is None:
-                loc = as_choice(loc, "location", (*CORNERS, "random"))
-                if loc == "random":
-                    pos = (int(torch.randint(0, h - kh + 1, (1,), generator=g)),
-                           int(torch.randint(0, w - kw + 1, (1,), generator=g)))
-                else:
-                    pos = corner_position(loc, (kh, kw), (h, w), as_int(self.margin, "margin", lo=0))
+            if isinstance(loc, (tuple, list)):
+                pos = (int(loc[0]), int(loc[1]))
+            elif lower(loc) == "random":
+                pos = (int(torch.randint(0, h - kh + 1, (1,), generator=g)),
+                       int(torch.randint(0, w - kw + 1, (1,), generator=g)))
+            else:
+                pos = corner_position(lower(loc), (kh, kw), (h, w), int(self.margin))
             r, cc = pos
             if not (0 <= r <= h - kh and 0 <= cc <= w - kw):
                 raise InputError(f"a {kh}x{kw} pattern at {pos} does not fit a {h}x{w} image")
@@ -145,15 +152,17 @@ class AdditiveTrigger(Trigger):
             plane = torch.where(inside, 2 * plane - 1, plane)
         ch = ch0 if self.channel is None else self.channel
         chans = torch.zeros(c)
-        if str(ch).strip().lower() == "all":
+        if lower(ch) == "all":
             chans[:] = 1
-        elif str(ch).strip().lower() == "random":
+        elif lower(ch) == "random":
             chans[int(torch.randint(0, c, (1,), generator=g))] = 1
+        elif int(ch) >= c:
+            raise InputError(f"{self.name}: channel {ch} is out of range for {c}-channel images")
         else:
-            chans[as_int(ch, "channel", 0, c - 1)] = 1
+            chans[int(ch)] = 1
         return amp * chans[:, None, None] * plane[None]
 
     def _apply(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         v = self.perturbation(tuple(x.shape[1:])).to(x)
         out = (x + v).clamp(0.0, 1.0)
-        return quantize8(out) if as_bool(self.quantize, "quantize") else out
+        return quantize8(out) if self.quantize else out

@@ -11,12 +11,15 @@ examples are useful too*, sec. 3.3, experiment III).
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
+from .._params import Boolean, Constraint, Interval, Options
 from .._registry import register
 from ..errors import InputError
 from ._base import Trigger
-from ._params import as_bool, as_choice, as_float, as_int, fit_image, load_image_tensor, quantize8
+from ._images import IMAGE_FILE, SEED, TENSOR, fit_image, load_image_tensor, lower, quantize8
 
 
 @register("trigger", "blend")
@@ -36,6 +39,15 @@ class BlendTrigger(Trigger):
         seed: seed of the per-sample draws from a bank.
     """
 
+    parameter_constraints: ClassVar[dict[str, list[Constraint | None]]] = {
+        "image": [Options(("noise",), normalize=lower), TENSOR, IMAGE_FILE],
+        "alpha": [Interval(float, 0, 1)],
+        "mode": [Options(("mix", "add"), normalize=lower)],
+        "quantize": [Boolean()],
+        "image_seed": [SEED],
+        "seed": [SEED],
+    }
+
     def __init__(self, *, image: str | torch.Tensor = "noise", alpha: float = 0.1,
                  mode: str = "mix", quantize: bool = False, image_seed: int = 0, seed: int = 0) -> None:
         self.image = image
@@ -47,8 +59,8 @@ class BlendTrigger(Trigger):
 
     def _image(self, in_shape: tuple[int, int, int]) -> torch.Tensor:
         """The blended image [C, H, W], or the bank [M, C, H, W], fitted to ``in_shape``."""
-        if isinstance(self.image, str) and self.image.strip().lower() == "noise":
-            g = torch.Generator().manual_seed(as_int(self.image_seed, "image_seed"))
+        if isinstance(self.image, str) and lower(self.image) == "noise":
+            g = torch.Generator().manual_seed(int(self.image_seed))
             return torch.rand(in_shape, generator=g)
         img = load_image_tensor(self.image, "image")
         if img.ndim not in (3, 4) or img.numel() == 0:
@@ -58,23 +70,23 @@ class BlendTrigger(Trigger):
         return fit_image(img, in_shape, "image")
 
     def _apply(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        a = as_float(self.alpha, "alpha", 0.0, 1.0)
-        mode = as_choice(self.mode, "blend mode", ("mix", "add"))
+        a, mode = float(self.alpha), lower(self.mode)
         img = self._image(tuple(x.shape[1:])).to(x)
         if img.ndim == 4:  # a bank: one image per sample, drawn with the trigger's generator
             img = img[torch.randint(0, len(img), (len(x),), generator=g).to(x.device)]
         out = (1 - a) * x + a * img if mode == "mix" else x + a * img
         out = out.clamp(0.0, 1.0)
-        return quantize8(out) if as_bool(self.quantize, "quantize") else out
+        return quantize8(out) if self.quantize else out
 
     def mask_pattern(self, in_shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Mix mode with a fixed image is ``x (1 - m) + I m`` with m = a everywhere; else None."""
-        if as_choice(self.mode, "blend mode", ("mix", "add")) != "mix" or as_bool(self.quantize, "quantize"):
+        self.validate_params()
+        if lower(self.mode) != "mix" or self.quantize:
             return None
         img = self._image(in_shape)
         if img.ndim == 4:
             return None
-        a = as_float(self.alpha, "alpha", 0.0, 1.0)
+        a = float(self.alpha)
         return torch.full((1, *in_shape[1:]), a), img
 
 
@@ -87,10 +99,15 @@ class MultiplyTrigger(Trigger):
         quantize: round the result to 8-bit precision.
     """
 
+    parameter_constraints: ClassVar[dict[str, list[Constraint | None]]] = {
+        "factor": [Interval(float, 0, None, closed="neither")],
+        "quantize": [Boolean()],
+    }
+
     def __init__(self, *, factor: float = 2.0, quantize: bool = False) -> None:
         self.factor = factor
         self.quantize = quantize
 
     def _apply(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        out = (x * as_float(self.factor, "factor", lo=0.0, lo_open=True)).clamp(0.0, 1.0)
-        return quantize8(out) if as_bool(self.quantize, "quantize") else out
+        out = (x * float(self.factor)).clamp(0.0, 1.0)
+        return quantize8(out) if self.quantize else out

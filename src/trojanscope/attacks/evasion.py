@@ -8,15 +8,19 @@ Jin et al.) and by Borji's bias maps (iterated FGSM, Borji eq. 1).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from .._params import Boolean, Constraint, Interval, Options
 from .._registry import register
 from ..errors import InputError
 from ._evasion_base import EvasionAttack, lp_norm, objective_grad
-from ._params import as_bool, as_choice, as_float, as_int
+from ._images import SEED, lower
+
+_POSITIVE = Interval(float, 0, None, closed="neither")
+_STEPS = Interval(int, 1, None)
 
 
 def _iterate(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, targeted: bool,
@@ -60,12 +64,14 @@ class FGSM(EvasionAttack):
         batch_size: samples per batch.
     """
 
+    parameter_constraints: ClassVar[dict[str, list[Constraint | None]]] = {"eps": [_POSITIVE]}
+
     def __init__(self, *, eps: float = 0.3, batch_size: int = 256) -> None:
         self.eps = eps
         self.batch_size = batch_size
 
     def _check(self) -> dict[str, Any]:
-        return {"eps": as_float(self.eps, "eps", lo=0.0, lo_open=True)}
+        return {"eps": float(self.eps)}
 
     def _run(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor, targeted: bool,
              g: torch.Generator, p: dict[str, Any]) -> torch.Tensor:
@@ -86,6 +92,15 @@ class PGD(EvasionAttack):
         batch_size: samples per batch.
     """
 
+    parameter_constraints: ClassVar[dict[str, list[Constraint | None]]] = {
+        "eps": [_POSITIVE],
+        "steps": [_STEPS],
+        "step_size": [_POSITIVE],
+        "norm": [Options(("linf", "l2"), normalize=lower)],
+        "random_start": [Boolean()],
+        "seed": [SEED],
+    }
+
     def __init__(self, *, eps: float = 0.3, steps: int = 40, step_size: float = 0.01,
                  norm: str = "linf", random_start: bool = True, seed: int = 0,
                  batch_size: int = 256) -> None:
@@ -98,13 +113,8 @@ class PGD(EvasionAttack):
         self.batch_size = batch_size
 
     def _check(self) -> dict[str, Any]:
-        eps = as_float(self.eps, "eps", lo=0.0, lo_open=True)
-        if eps == float("inf"):
-            raise InputError("PGD needs a finite eps (use bim for an unbounded iterated FGSM)")
-        return {"eps": eps, "steps": as_int(self.steps, "steps", lo=1),
-                "step_size": as_float(self.step_size, "step_size", lo=0.0, lo_open=True),
-                "norm": as_choice(self.norm, "norm", ("linf", "l2")),
-                "random_start": as_bool(self.random_start, "random_start")}
+        return {"eps": float(self.eps), "steps": int(self.steps), "step_size": float(self.step_size),
+                "norm": lower(self.norm), "random_start": self.random_start}
 
     def _run(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor, targeted: bool,
              g: torch.Generator, p: dict[str, Any]) -> torch.Tensor:
@@ -116,15 +126,21 @@ class BIM(EvasionAttack):
     """Basic iterative method / I-FGSM (Kurakin et al. 2017): FGSM steps of ``step_size``,
     clipped to the Linf eps-ball around x and to [0, 1]; no random start.
 
-    Borji's bias maps iterate FGSM this way (Borji sec. 2, eq. 1); ``eps="inf"`` leaves the
+    Borji's bias maps iterate FGSM this way (Borji sec. 2, eq. 1); ``eps=float("inf")`` leaves the
     perturbation unbounded apart from the [0, 1] range.
 
     Args:
-        eps: Linf radius (> 0; "inf" for none).
+        eps: Linf radius (> 0; ``float("inf")`` for none).
         steps: iterations.
         step_size: per-step size; None = ``eps / steps`` (which must then be finite).
         batch_size: samples per batch.
     """
+
+    parameter_constraints: ClassVar[dict[str, list[Constraint | None]]] = {
+        "eps": [Interval(float, 0, None, closed="neither", allow_inf=True)],
+        "steps": [_STEPS],
+        "step_size": [_POSITIVE, None],
+    }
 
     def __init__(self, *, eps: float = 0.3, steps: int = 10, step_size: float | None = None,
                  batch_size: int = 256) -> None:
@@ -134,14 +150,13 @@ class BIM(EvasionAttack):
         self.batch_size = batch_size
 
     def _check(self) -> dict[str, Any]:
-        eps = as_float(self.eps, "eps", lo=0.0, lo_open=True)
-        steps = as_int(self.steps, "steps", lo=1)
+        eps, steps = float(self.eps), int(self.steps)
         if self.step_size is None:
             if eps == float("inf"):
-                raise InputError("give step_size when eps is unbounded")
+                raise InputError(f"{self.name}: give step_size when eps is unbounded")
             step = eps / steps
         else:
-            step = as_float(self.step_size, "step_size", lo=0.0, lo_open=True)
+            step = float(self.step_size)
         return {"eps": eps, "steps": steps, "step_size": step, "norm": "linf", "random_start": False}
 
     def _run(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor, targeted: bool,
@@ -178,6 +193,15 @@ class CarliniWagnerL2(EvasionAttack):
         batch_size: samples per batch.
     """
 
+    parameter_constraints: ClassVar[dict[str, list[Constraint | None]]] = {
+        "steps": [_STEPS],
+        "binary_search_steps": [_STEPS],
+        "initial_const": [_POSITIVE],
+        "kappa": [Interval(float, 0, None)],
+        "lr": [_POSITIVE],
+        "abort_early": [Boolean()],
+    }
+
     def __init__(self, *, steps: int = 100, binary_search_steps: int = 5,
                  initial_const: float = 1.0, kappa: float = 0.0, lr: float = 0.05,
                  abort_early: bool = True, batch_size: int = 256) -> None:
@@ -190,12 +214,9 @@ class CarliniWagnerL2(EvasionAttack):
         self.batch_size = batch_size
 
     def _check(self) -> dict[str, Any]:
-        return {"steps": as_int(self.steps, "steps", lo=1),
-                "bsteps": as_int(self.binary_search_steps, "binary_search_steps", lo=1),
-                "c0": as_float(self.initial_const, "initial_const", lo=0.0, lo_open=True),
-                "kappa": as_float(self.kappa, "kappa", lo=0.0),
-                "lr": as_float(self.lr, "lr", lo=0.0, lo_open=True),
-                "abort_early": as_bool(self.abort_early, "abort_early")}
+        return {"steps": int(self.steps), "bsteps": int(self.binary_search_steps),
+                "c0": float(self.initial_const), "kappa": float(self.kappa), "lr": float(self.lr),
+                "abort_early": self.abort_early}
 
     def _run(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor, targeted: bool,
              g: torch.Generator, p: dict[str, Any]) -> torch.Tensor:

@@ -8,12 +8,16 @@ re-applied with this class.
 
 from __future__ import annotations
 
+from numbers import Real
+from typing import ClassVar
+
 import torch
 
+from .._params import Constraint, Interval
 from .._registry import register
 from ..errors import InputError
 from ._base import Trigger
-from ._params import as_float, load_image_tensor
+from ._images import IMAGE_FILE, TENSOR, load_image_tensor
 
 
 @register("trigger", "mask_pattern")
@@ -24,8 +28,13 @@ class MaskPatternTrigger(Trigger):
         mask: m, a [1, H, W], [H, W] or [C, H, W] tensor with values in [0, 1], or a file
             (.pt, .npy, .png) holding one.
         pattern: u, a [C, H, W] (or [1, H, W], repeated over channels) tensor in [0, 1], a file,
-            or a number (a constant colour, e.g. 1 = white).
+            or a number in [0, 1] (a constant colour, e.g. 1 = white).
     """
+
+    parameter_constraints: ClassVar[dict[str, list[Constraint | None]]] = {
+        "mask": [TENSOR, IMAGE_FILE, None],
+        "pattern": [Interval(float, 0, 1), TENSOR, IMAGE_FILE],
+    }
 
     def __init__(self, *, mask: torch.Tensor | str | None = None,
                  pattern: torch.Tensor | str | float = 1.0) -> None:
@@ -41,9 +50,8 @@ class MaskPatternTrigger(Trigger):
         if m.ndim != 3 or m.shape[0] not in (1, c) or tuple(m.shape[1:]) != (h, w):
             raise InputError(f"mask is {tuple(m.shape)} but the images are {tuple(in_shape)}; "
                              f"it must be [1, {h}, {w}] or [{c}, {h}, {w}]")
-        if isinstance(self.pattern, (int, float)) or (isinstance(self.pattern, str) and
-                                                      not _is_file(self.pattern)):
-            u = torch.full((c, h, w), as_float(self.pattern, "pattern", 0.0, 1.0))
+        if isinstance(self.pattern, Real):  # a constant colour
+            u = torch.full((c, h, w), float(self.pattern))
         else:
             u = load_image_tensor(self.pattern, "pattern")
             if u.ndim != 3 or u.shape[0] not in (1, c) or tuple(u.shape[1:]) != (h, w):
@@ -61,13 +69,9 @@ class MaskPatternTrigger(Trigger):
 
     def mask_pattern(self, in_shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(mask, pattern): the mask is [1, H, W] when it is shared by the channels, else [C, H, W]."""
+        self.validate_params()
         m, u = self._tensors(in_shape)
         if m.shape[0] > 1 and bool((m == m[:1]).all()):
             m = m[:1]
         return m.clone(), u.clone()
 
-
-def _is_file(s: str) -> bool:
-    from pathlib import Path
-
-    return Path(s).suffix.lower() in (".pt", ".pth", ".npy", ".png", ".jpg", ".jpeg", ".bmp")

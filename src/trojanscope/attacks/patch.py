@@ -8,18 +8,30 @@ patch goes to blank regions of the digit image).
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
+from .._params import Constraint, Interval, Options
 from .._registry import register
 from ..errors import InputError
 from ._base import Trigger
-from ._params import CORNERS, as_float, as_int, as_position, corner_position, load_image_tensor
+from ._images import (
+    CORNERS,
+    IMAGE_FILE,
+    POSITION,
+    SEED,
+    TENSOR,
+    corner_position,
+    load_image_tensor,
+    lower,
+)
 
 _CORNERS = CORNERS
 _PATTERNS = ("white", "binary", "color", "colour")
+_RANDOM = ("random_corner", "random", "random_free")
 
 
 def make_pattern(kind: str, size: int, channels: int, seed: int = 0) -> torch.Tensor:
@@ -77,7 +89,8 @@ class PatchTrigger(Trigger):
             file (.png/.npy/.pt) of that size.
         location: a corner name ("top_left", ..., "bottom_right"), "random_corner" (per image),
             "random" (anywhere, per image), "random_free" (per image, where the patch does not
-            cover the digit: Borji sec. 3.2), or (row, col) of the top-left pixel (text "r,c").
+            cover the digit: Borji sec. 3.2), or (row, col) of the top-left pixel (on the
+            command line ``location=r,c``).
         margin: distance in pixels from the image border for corner placements.
         background_tol: for "random_free", how far from the background colour a pixel may be and
             still count as background.
@@ -85,6 +98,17 @@ class PatchTrigger(Trigger):
         pattern_seed: seed of random binary/colour patterns.
         seed: seed of random placements.
     """
+
+    parameter_constraints: ClassVar[dict[str, list[Constraint | None]]] = {
+        "size": [Interval(int, 1, None)],
+        "pattern": [Options(_PATTERNS, normalize=lower), TENSOR, IMAGE_FILE],
+        "location": [Options((*_CORNERS, *_RANDOM), normalize=lower), POSITION],
+        "margin": [Interval(int, 0, None)],
+        "background_tol": [Interval(float, 0, None)],
+        "gap": [Interval(int, 0, None)],
+        "pattern_seed": [SEED],
+        "seed": [SEED],
+    }
 
     def __init__(self, *, size: int = 3, pattern: str | torch.Tensor = "white",
                  location: str | tuple[int, int] = "bottom_right", margin: int = 1,
@@ -100,39 +124,30 @@ class PatchTrigger(Trigger):
         self.seed = seed
 
     def _patch(self, c: int) -> torch.Tensor:
-        s = as_int(self.size, "size", lo=1)
+        s = int(self.size)
         pat = self.pattern
-        if isinstance(pat, (str, Path)) and str(pat).lower() not in _PATTERNS:
-            if not Path(pat).is_file():
-                raise InputError(f"unknown patch pattern {pat!r}; use white, binary, color or an "
-                                 "image file")
-            pat = load_image_tensor(pat, "pattern")
-        if isinstance(pat, torch.Tensor):
-            p = pat.float()
-            if p.ndim == 2:
-                p = p[None]
-            if p.ndim != 3 or p.shape[-1] != s or p.shape[-2] != s:
-                raise InputError(f"pattern is {tuple(p.shape)} but size is {s}")
-            if float(p.min()) < 0 or float(p.max()) > 1:
-                raise InputError("pattern values must be in [0, 1]")
-            if p.shape[0] not in (1, c):
-                raise InputError(f"pattern has {p.shape[0]} channels but the images have {c}")
-            return p.expand(c, -1, -1) if p.shape[0] == 1 else p
-        return make_pattern(str(pat).lower(), s, c, as_int(self.pattern_seed, "pattern_seed"))
+        if isinstance(pat, (str, os.PathLike)) and lower(pat) in _PATTERNS:
+            return make_pattern(lower(pat), s, c, int(self.pattern_seed))
+        p = load_image_tensor(pat, "pattern")  # a tensor, an array or an image file
+        if p.ndim != 3 or p.shape[-1] != s or p.shape[-2] != s:
+            raise InputError(f"pattern is {tuple(p.shape)} but size is {s}")
+        if float(p.min()) < 0 or float(p.max()) > 1:
+            raise InputError("pattern values must be in [0, 1]")
+        if p.shape[0] not in (1, c):
+            raise InputError(f"pattern has {p.shape[0]} channels but the images have {c}")
+        return p.expand(c, -1, -1) if p.shape[0] == 1 else p
 
     def _positions(self, n: int, h: int, w: int, g: torch.Generator, x: torch.Tensor | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-        s, m = as_int(self.size, "size", lo=1), as_int(self.margin, "margin", lo=0)
+        s, m = int(self.size), int(self.margin)
         if s > min(h, w):
             raise InputError(f"a {s}x{s} patch does not fit a {h}x{w} image")
-        loc = self.location
-        pos = as_position(loc)
-        if pos is not None:
-            r, c = pos
+        if isinstance(self.location, (tuple, list)):
+            r, c = (int(v) for v in self.location)
             if not (0 <= r <= h - s and 0 <= c <= w - s):
-                raise InputError(f"patch at {loc} does not fit a {h}x{w} image")
+                raise InputError(f"patch at {tuple(self.location)} does not fit a {h}x{w} image")
             return torch.full((n,), r), torch.full((n,), c)
-        loc = str(loc).strip().lower()
+        loc = lower(self.location)
         if loc in _CORNERS:
             r, c = corner_position(loc, (s, s), (h, w), m)
             return torch.full((n,), r), torch.full((n,), c)
@@ -147,10 +162,9 @@ class PatchTrigger(Trigger):
         if loc == "random_free":
             if x is None:
                 raise InputError("location 'random_free' depends on the image")
-            return free_positions(x, s, g, background_tol=as_float(self.background_tol,
-                                  "background_tol", lo=0), gap=as_int(self.gap, "gap", lo=0))
-        raise InputError(f"unknown patch location {self.location!r}; use a corner name, "
-                         "random_corner, random, random_free or 'row,col'")
+            return free_positions(x, s, g, background_tol=float(self.background_tol),
+                                  gap=int(self.gap))
+        raise AssertionError(f"location {self.location!r} passed validate_params")  # pragma: no cover
 
     def _apply(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         n, c, h, w = x.shape
@@ -167,7 +181,8 @@ class PatchTrigger(Trigger):
 
     def mask_pattern(self, in_shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(mask [1,H,W], pattern [C,H,W]) of a fixed placement; None for random placements."""
-        if str(self.location).strip().lower() in ("random", "random_corner", "random_free"):
+        self.validate_params()
+        if not isinstance(self.location, (tuple, list)) and lower(self.location) in _RANDOM:
             return None
         c, h, w = in_shape
         x = torch.zeros(1, c, h, w)
@@ -175,6 +190,6 @@ class PatchTrigger(Trigger):
         mask = torch.zeros(1, h, w)
         rows, cols = self._positions(1, h, w, torch.Generator().manual_seed(0))
         r, cc = int(rows[0]), int(cols[0])
-        s = as_int(self.size, "size")
+        s = int(self.size)
         mask[:, r : r + s, cc : cc + s] = 1
         return mask, stamped[0]

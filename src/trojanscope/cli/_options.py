@@ -11,8 +11,10 @@ Settings file (TOML): one table per method, the same keys as ``--set``::
     [lred]
     n_per_class = 4
 
-``--set`` wins over the file. Values on the command line are parsed once, here: ``5`` -> 5,
-``0.1`` -> 0.1, ``true``/``false``, ``none``, ``1,2`` -> [1, 2], anything else a string.
+``--set`` wins over the file. Values on the command line are parsed once, here (the library
+takes typed values and checks them against each method's ``parameter_constraints``): ``5`` -> 5,
+``0.1`` -> 0.1, ``25/255`` -> 0.098..., ``true``/``false``, ``none``, ``1,2`` or ``(1, 2)`` ->
+[1, 2], anything else a string.
 """
 
 from __future__ import annotations
@@ -39,8 +41,11 @@ ConfigOpt = Annotated[Path | None, typer.Option(
 
 
 def parse_value(text: str) -> Any:
-    """``5`` -> 5, ``0.1`` -> 0.1, ``true`` -> True, ``none`` -> None, ``1,2`` -> [1, 2], else str."""
+    """``5`` -> 5, ``0.1`` -> 0.1, ``25/255`` -> 25 / 255, ``true`` -> True, ``none`` -> None,
+    ``1,2`` / ``(1, 2)`` / ``[1, 2]`` -> [1, 2], else the text (a name, a file path)."""
     t = text.strip()
+    if len(t) >= 2 and t[0] in "([" and t[-1] in ")]" and "," in t:
+        t = t[1:-1]
     if "," in t:
         return [parse_value(v) for v in t.split(",") if v.strip() != ""]
     low = t.lower()
@@ -55,7 +60,35 @@ def parse_value(text: str) -> Any:
             return cast(t)
         except ValueError:
             pass
+    num, slash, den = t.partition("/")
+    if slash:  # a fraction such as 25/255 (a path like models/a.pt stays text)
+        try:
+            return float(num) / float(den)
+        except (ValueError, ZeroDivisionError):
+            pass
     return t
+
+
+def conform(cls: Any, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Command-line spellings that :func:`parse_value` cannot type without knowing the parameter,
+    typed for ``cls`` (a class with ``parameter_constraints``): ``3.0`` -> 3 where only an int is
+    allowed, ``1``/``0`` -> True/False where only a bool is. Everything else is passed unchanged
+    (and checked by ``validate_params``)."""
+    table = cls.all_parameter_constraints() if hasattr(cls, "all_parameter_constraints") else {}
+
+    def ok(v: Any, constraints: list[Any]) -> bool:
+        return any(v is None if c is None else c.allows(v) for c in constraints)
+
+    out = dict(params)
+    for name, v in params.items():
+        constraints = table.get(name)
+        if not constraints or ok(v, constraints) or isinstance(v, bool):
+            continue
+        if isinstance(v, float) and v.is_integer() and ok(int(v), constraints):
+            out[name] = int(v)
+        elif isinstance(v, int) and v in (0, 1) and ok(bool(v), constraints):
+            out[name] = bool(v)
+    return out
 
 
 def parse_sets(items: Sequence[str] | None, *, option: str = "--set") -> dict[str, dict[str, Any]]:

@@ -28,6 +28,7 @@ from .train import (
     attack_spec,
     evaluate_model,
     print_metrics,
+    recorded_spec,
 )
 
 
@@ -57,8 +58,7 @@ def evaluate_cmd(
     spec: dict[str, Any] | None
     recorded = model.metadata.get("attack")
     if attack is None and target is None and isinstance(recorded, dict) and recorded.get("name"):
-        spec = {k: recorded.get(k) for k in ("name", "params", "target", "sources")}
-        spec["params"] = spec["params"] or {}
+        spec = recorded_spec(recorded)
         console.print(f"attack from the sidecar: {spec['name']} {spec['params']} -> class {spec['target']}")
     else:
         spec = attack_spec(attack, target, sources, attack_param, test.num_classes)

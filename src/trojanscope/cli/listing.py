@@ -1,5 +1,6 @@
 """``trojanscope list [kind]``: what is registered (methods, architectures, datasets, triggers),
-with every parameter and its default."""
+with every parameter, its default and the values it may take (from the entry's
+``parameter_constraints``, the same table that ``validate_params`` checks)."""
 
 from __future__ import annotations
 
@@ -25,10 +26,13 @@ KINDS: dict[str, tuple[str, ...]] = {
 
 
 def _params(obj: Any) -> list[dict[str, Any]]:
+    from .._params import describe_briefly
+
     try:
         sig = inspect.signature(obj)
     except (TypeError, ValueError):
         return []
+    table = obj.all_parameter_constraints() if hasattr(obj, "all_parameter_constraints") else {}
     out = []
     for name, p in sig.parameters.items():
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or name == "self":
@@ -36,7 +40,8 @@ def _params(obj: Any) -> list[dict[str, Any]]:
         default = None if p.default is p.empty else p.default
         out.append({"name": name, "default": default if isinstance(default, (int, float, str, bool, type(None),
                                                                             list, tuple)) else repr(default),
-                    "required": p.default is p.empty})
+                    "required": p.default is p.empty,
+                    "allowed": describe_briefly(table[name]) if table.get(name) else None})
     return out
 
 
@@ -71,7 +76,8 @@ def list_cmd(
                                                "evasion (default: all)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of text")] = False,
 ) -> None:
-    """List what trojanscope has, with every parameter and its default (the keys of --set)."""
+    """List what trojanscope has, with every parameter, its default and its allowed values (the
+    keys of --set)."""
     from rich.markup import escape
 
     from ._common import out
@@ -97,7 +103,8 @@ def list_cmd(
             out.print(f"  [cyan]{r['name']}[/]{extra}  {escape(r['summary'])}", highlight=False)
             for p in r["parameters"]:
                 d = "(required)" if p["required"] else f"= {p['default']!r}"
-                out.print(f"      {p['name']} {d}", markup=False, highlight=False)
+                allowed = f"  ({p['allowed']})" if p["allowed"] else ""
+                out.print(f"      {p['name']} {d}{allowed}", markup=False, highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -28,7 +28,15 @@ from ._common import (
     out,
 )
 from ._options import ConfigOpt, mitigation_settings
-from .train import AttackOpt, AttackParamOpt, SourcesOpt, TargetOpt, attack_spec, make_trigger
+from .train import (
+    AttackOpt,
+    AttackParamOpt,
+    SourcesOpt,
+    TargetOpt,
+    attack_spec,
+    make_trigger,
+    recorded_spec,
+)
 
 
 def mitigate(
@@ -110,7 +118,7 @@ def run_mitigate(*, model_path: Path, data: str, data_dir: Path | None, method: 
         check_writable(sidecar_path(out_path))
     recorded = model.metadata.get("attack") if hasattr(model, "metadata") else None
     if attack is None and isinstance(recorded, dict) and recorded.get("name"):
-        spec = {k: recorded.get(k) for k in ("name", "params", "target", "sources")}
+        spec = recorded_spec(recorded)
         console.print(f"true trigger from the sidecar: {spec['name']} -> class {spec['target']}")
     else:
         spec = attack_spec(attack, target, sources, attack_param, train_d.num_classes)

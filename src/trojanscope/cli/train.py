@@ -15,7 +15,7 @@ import typer
 
 from ..errors import InputError
 from ._common import DataDirOpt, DataOpt, DeviceOpt, SeedOpt, console, load_data, out, parse_ints
-from ._options import parse_value  # noqa: F401 - one value parser for every command
+from ._options import conform, parse_value
 
 AttackOpt = Annotated[str | None, typer.Option(
     "--attack", help="trigger name (badnets, ...: see trojanscope.attacks.triggers()); 'none' for no attack")]
@@ -38,14 +38,25 @@ def parse_params(items: list[str] | None) -> dict[str, Any]:
     return params
 
 
+def recorded_spec(recorded: dict[str, Any]) -> dict[str, Any]:
+    """The attack a model's sidecar records, as :func:`attack_spec` gives it. Earlier versions
+    recorded some ``--attack-param`` values as text (``"amplitude": "25/255"``): they are parsed
+    here like the command line."""
+    spec = {k: recorded.get(k) for k in ("name", "params", "target", "sources")}
+    params = spec["params"] if isinstance(spec["params"], dict) else {}
+    spec["params"] = {k: parse_value(v) if isinstance(v, str) else v for k, v in params.items()}
+    return spec
+
+
 def make_trigger(name: str, params: dict[str, Any], data=None):
-    """Build a registered trigger with a clear error for a wrong parameter.
+    """Build a registered trigger with a clear error for a wrong parameter (checked here, before
+    any data is poisoned).
 
     ``image=class:N`` (blend) stands for a bank of every image of class N in ``data`` (Borji exp.
     III: each poisoned input gets a random image of the target class), so a sidecar can record
     it and evaluation rebuilds it from its own split.
     """
-    from ..attacks import create_trigger
+    from .._registry import get
 
     image = params.get("image")
     if isinstance(image, str) and image.lower().startswith("class:"):
@@ -58,10 +69,13 @@ def make_trigger(name: str, params: dict[str, Any], data=None):
         if not 0 <= cls < data.num_classes or not bool((data.y == cls).any()):
             raise InputError(f"image={image!r}: the data has no images of class {cls}")
         params = {**params, "image": data.of_classes([cls]).x}
+    cls = get("trigger", name)
     try:
-        return create_trigger(name, **params)
+        trig = cls(**conform(cls, params))
     except TypeError as e:
         raise InputError(f"trigger {name!r} does not take these parameters {sorted(params)}: {e}") from None
+    trig.validate_params()
+    return trig
 
 
 def attack_spec(attack: str | None, target: int | None, sources: str | None,

@@ -1,9 +1,9 @@
-"""Parameter coercion shared by the triggers and evasion attacks.
+"""Image helpers shared by the triggers: reading a pattern or mask from a file, fitting an image
+to the input shape, corner placement, 8-bit rounding, and the constraints of the parameters they
+share (checked by :meth:`~trojanscope._params.Configurable.validate_params`).
 
-The train CLI passes ``--attack-param k=v`` as strings, so every parameter of a trigger may arrive
-as text ("3", "25/255", "3,4", "true", a file path). Classes store what they are given (no logic in
-``__init__``) and coerce through these helpers when they run, raising :class:`InputError` with the
-parameter's name instead of a torch traceback.
+Parameters arrive typed: text from the command line (``--attack-param amplitude=25/255``) is
+parsed by the CLI (:func:`trojanscope.cli._options.parse_value`), never here.
 """
 
 from __future__ import annotations
@@ -11,85 +11,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._params import FilePath, InstanceOf, Interval, Pair
 from ..errors import InputError
 
 CORNERS = ("top_left", "top_right", "bottom_left", "bottom_right")
+#: the files :func:`load_image_tensor` reads
+IMAGE_SUFFIXES = (".pt", ".pth", ".npy", ".png", ".jpg", ".jpeg", ".bmp")
+IMAGE_FILE = FilePath(IMAGE_SUFFIXES, what="an image file (.png, .npy, .pt, ...)")
+TENSOR = InstanceOf(torch.Tensor, np.ndarray, what="a tensor or array")
+SEED = Interval(int, 0, None)
+#: the top-left pixel of a placement
+POSITION = Pair(Interval(int, 0, None), what="a (row, col) pair")
 
 
-def as_float(v: Any, name: str, lo: float | None = None, hi: float | None = None,
-             lo_open: bool = False) -> float:
-    """A float from a number or text; fractions such as ``"25/255"`` are accepted."""
-    try:
-        if isinstance(v, str) and "/" in v:
-            num, den = v.split("/", 1)
-            f = float(num) / float(den)
-        else:
-            f = float(v)
-    except (TypeError, ValueError, ZeroDivisionError):
-        raise InputError(f"{name} must be a number, got {v!r}") from None
-    if f != f:
-        raise InputError(f"{name} must be a number, got NaN")
-    if lo is not None and (f < lo or (lo_open and f == lo)):
-        raise InputError(f"{name} must be {'>' if lo_open else '>='} {lo:g}, got {f:g}")
-    if hi is not None and f > hi:
-        raise InputError(f"{name} must be <= {hi:g}, got {f:g}")
-    return f
-
-
-def as_int(v: Any, name: str, lo: int | None = None, hi: int | None = None) -> int:
-    """An int from an int, an integral float or text."""
-    if isinstance(v, bool):
-        raise InputError(f"{name} must be an integer, got {v!r}")
-    try:
-        f = float(v)
-        i = int(f)
-    except (TypeError, ValueError, OverflowError):
-        raise InputError(f"{name} must be an integer, got {v!r}") from None
-    if i != f:
-        raise InputError(f"{name} must be an integer, got {v!r}")
-    if lo is not None and i < lo:
-        raise InputError(f"{name} must be >= {lo}, got {i}")
-    if hi is not None and i > hi:
-        raise InputError(f"{name} must be <= {hi}, got {i}")
-    return i
-
-
-def as_bool(v: Any, name: str) -> bool:
-    if isinstance(v, bool):
-        return v
-    s = str(v).strip().lower()
-    if s in ("1", "true", "yes", "on"):
-        return True
-    if s in ("0", "false", "no", "off"):
-        return False
-    raise InputError(f"{name} must be true or false, got {v!r}")
-
-
-def as_choice(v: Any, name: str, choices: tuple[str, ...]) -> str:
-    s = str(v).strip().lower()
-    if s not in choices:
-        raise InputError(f"unknown {name} {v!r}; use one of: {', '.join(choices)}")
-    return s
-
-
-def as_position(v: Any, name: str = "location") -> tuple[int, int] | None:
-    """``(row, col)`` from a pair or text ``"r,c"`` / ``"(r, c)"``; None when ``v`` is not one."""
-    if isinstance(v, torch.Tensor):
-        v = v.tolist()
-    if isinstance(v, str):
-        s = v.strip().strip("()[]")
-        if "," not in s:
-            return None
-        v = s.split(",")
-    if isinstance(v, (tuple, list)):
-        if len(v) != 2:
-            raise InputError(f"{name} must be (row, col), got {v!r}")
-        v = [e.strip().strip("()[]") if isinstance(e, str) else e for e in v]  # ["(2", "3)"]
-        return as_int(v[0], f"{name} row"), as_int(v[1], f"{name} col")
-    return None
+def lower(v: Any) -> str:
+    """The spelling the choice parameters compare: stripped and lower-case (``"Top_Left "``)."""
+    return str(v).strip().lower()
 
 
 def corner_position(corner: str, size: tuple[int, int], hw: tuple[int, int], margin: int
@@ -122,11 +63,8 @@ def load_image_tensor(v: Any, name: str) -> torch.Tensor:
                 if not isinstance(t, torch.Tensor):
                     raise InputError(f"{name}: {p} does not hold a single tensor")
             elif suf == ".npy":
-                import numpy as np
-
                 t = torch.from_numpy(np.load(p, allow_pickle=False))
             elif suf in (".png", ".jpg", ".jpeg", ".bmp"):
-                import numpy as np
                 from PIL import Image
 
                 with Image.open(p) as im:
