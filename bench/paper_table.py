@@ -25,15 +25,16 @@ What differs from the paper, and why (2 CPU cores, minutes per model, not GPU-da
   that a detector's bias towards one class cannot pass as detection.
 - A model whose attack is not learned (ASR < 80% on test images of its sources: one L-3 pilot
   model reached 87%, a real if weaker backdoor) or whose clean accuracy is under 95% stays out
-  of the table and is counted as a failed build, as in ULP's zoo; every model's ASR is recorded.
+  of the table and is counted as a failed build, as in ULP's zoo, and the group's next seed is
+  built in its place (up to 3 more); every model's ASR is recorded.
 - B uses alpha 0.2 and 800 images: at Borji's alpha 0.1 the blend reached ASR 59-77% with clean
   accuracy 92.5-95% (pilot models, not in the table).
 
 Nothing was tuned on these models: the detectors run with the defaults that ``trojanscope scan``
 ships (set on other models: ``bench/scan_speed.py``), theta = 0.05 and the Cauchy combination.
 
-    python bench/paper_table.py [--data-dir DIR] [--seeds 5] [--groups G-1,L-1,...] [--workers 2]
-                                [--executor local|ray] [--stage build|scan|table|all]
+    python bench/paper_table.py [--data-dir DIR] [--seeds 5] [--clean-seeds 10] [--groups G-1,...]
+                                [--workers 2] [--executor local|ray] [--stage build|scan|table|all]
 
 Models and scans are cached under ``bench/cache/paper_table/`` (a second run resumes both);
 results go to ``bench/results/paper_table_mnist.json`` and ``.md``.
@@ -245,39 +246,70 @@ def _mean(xs: list[Any]) -> float | None:
 
 
 def markdown(res: dict[str, Any]) -> str:
+    """The table (markdown) from a result document: README, docs and the .md file use it."""
     gs = [g for g in GROUPS if res["groups"].get(g, {}).get("models")]
-    head = "| detector | " + " | ".join(gs) + " |\n|---|" + "---:|" * len(gs) + "\n"
-    lines = []
+    cols = " | ".join(gs)
+    lines = [f"| detector | {cols} |", "|---|" + "---:|" * len(gs)]
     labels = {"neural_cleanse": "Neural Cleanse", "lred": "L-RED (RED-A)", "mm_bd": "MM-BD",
-              "combined": "combined verdict"}
+              "combined": "**combined verdict**"}
     for meth, label in labels.items():
         cells = []
         for g in gs:
             c = res["groups"][g]
-            cells.append(f"{c[meth]['correct']}/{c['models']}")
+            cell = f"{c[meth]['correct']}/{c['models']}"
+            if meth == "combined" and c[meth].get("inconclusive"):
+                cell += f" ({c[meth]['inconclusive']} inc.)"
+            cells.append(cell)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    secs = ["| seconds per model (scan) | " + " | ".join(
-        f"{res['groups'][g]['combined']['mean_seconds']:.0f}" for g in gs) + " |"]
-    return (head + "\n".join(lines + secs) + "\n\nCells: models detected with the right target "
-            "(C-0: models not flagged) / models in the group.\n")
+    asr = {g: _mean([m["asr"] for m in res["models"].values() if m["group"] == g]) for g in gs}
+    lines.append("| mean ASR of the models | " + " | ".join(
+        "-" if asr[g] is None else f"{asr[g]:.2f}" for g in gs) + " |")
+    lines.append("| seconds per scan (1 thread) | " + " | ".join(
+        f"{res['groups'][g]['combined']['mean_seconds']:.0f}" for g in gs) + " |")
+    met = [g for g in gs if g != "C-0" and res["groups"][g]["combined"]["correct"]
+           >= 0.95 * res["groups"][g]["models"]]
+    missed = [g for g in gs if g != "C-0" and g not in met]
+    c0 = res["groups"].get("C-0")
+    alarms = f"{c0['combined']['flagged']} false alarm(s) on {c0['models']} clean models" if c0 else \
+        "no clean group"
+    return ("\n".join(lines) + "\n\nA cell is the number of models detected with the right target "
+            "(C-0: not flagged) out of the models in the group; inc. = inconclusive. Goal (issue 15): "
+            "the combined verdict finds >= 95% of every group with the right target, with <= 1 false "
+            f"alarm per 10 clean models. Met on: {', '.join(met) or 'none'}; missed on: "
+            f"{', '.join(missed) or 'none'}; {alarms}.\n")
 
 
 def main() -> None:
     ap = parser(__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--seeds", type=int, default=5, help="models per backdoored group")
+    ap.add_argument("--clean-seeds", type=int, default=10, help="clean models (C-0): the goal is "
+                    "stated per 10 clean models")
     ap.add_argument("--groups", default=",".join(GROUPS))
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--executor", default="local", choices=("local", "ray"))
     ap.add_argument("--stage", default="all", choices=("build", "scan", "table", "all"))
+    ap.add_argument("--table", action="store_true", help="print the markdown table of the committed "
+                    "bench/results/paper_table_mnist.json and stop")
     args = ap.parse_args()
+    if args.table:
+        print(markdown(json.loads((RESULTS / "paper_table_mnist.json").read_text())), end="")
+        return
     root = str(data_root(args.data_dir))
     groups = [g.strip() for g in args.groups.split(",")]
     bad = [g for g in groups if g not in GROUPS]
     if bad:
         sys.exit(f"unknown group(s) {bad}; known: {list(GROUPS)}")
-    plans = [plan(g, s) for g in groups for s in range(args.seeds)]
+    def n_of(g: str) -> int:
+        return args.clean_seeds if g == "C-0" else args.seeds
+
+    plans = [plan(g, s) for g in groups for s in range(n_of(g))]
     t0 = time.perf_counter()
     built = build(plans, root, args.workers)
+    for extra in range(args.seeds, args.seeds + 3):  # a failed build is replaced by the next seeds
+        short = [g for g in groups if sum(b["ok"] for b in built if b["group"] == g) < n_of(g)]
+        if not short:
+            break
+        built += build([plan(g, n_of(g) + extra - args.seeds) for g in short], root, args.workers)
     if args.stage == "build":
         return
     out = CACHE / f"scan-{args.executor}"

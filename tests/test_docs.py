@@ -77,3 +77,23 @@ def test_readme_speed_table_is_the_benchmark_json() -> None:
     assert block, "README lost its speed table"
     assert block.group(1).strip() == mod.table(doc).strip()
     assert "| new |" in block.group(1) and "| v0.1 |" in block.group(1)
+
+
+def test_readme_paper_table_is_the_benchmark_json() -> None:
+    """The README's per-group detection table is ``bench/paper_table.py --table``, never hand-typed."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        spec = importlib.util.spec_from_file_location("paper_table_md", ROOT / "bench" / "paper_table.py")
+        assert spec and spec.loader
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    doc = json.loads((ROOT / "bench" / "results" / "paper_table_mnist.json").read_text())
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- paper-table: .*? -->\n(.*?)\n<!-- /paper-table -->", text, re.S)
+    assert block, "README lost its per-group detection table"
+    assert block.group(1).strip() == mod.markdown(doc).strip()
+    assert "| **combined verdict** |" in block.group(1) and "C-0" in block.group(1)
