@@ -81,6 +81,7 @@ def test_local_and_ray_give_the_same_rows(fleet, tmp_path):
     assert rows["bd.safetensors"]["truth"] is True
     summary = (tmp_path / "local" / "summary.html").read_text()
     assert "ground truth" in summary and "broken.pt2" in summary
+    assert f"backdoored -&gt; {rows['bd.safetensors']['true_target']}" in summary  # the truth column
     try:
         via_ray = scan_many(fleet / "manifest.csv", tmp_path / "ray", job, executor="ray", workers=2)
     finally:

@@ -66,6 +66,15 @@ def _svg(curve: list[tuple[float, float]], auc: float) -> str:
             f'<text x="{w - pad - 4}" y="{h - pad - 6}" font-size="12" text-anchor="end">AUC {auc:.3f}</text></svg>')
 
 
+def _truth_cell(r: dict[str, Any]) -> str:
+    """The manifest's ground truth for one row: "backdoored -> 3", "clean" or nothing."""
+    if r.get("truth") is None:
+        return ""
+    if not r["truth"]:
+        return "clean"
+    return "backdoored" + ("" if r.get("true_target") is None else _e(f" -> {r['true_target']}"))
+
+
 def write_summary(path: str | Path, rows: list[dict[str, Any]], *, title: str) -> None:
     """Write the fleet's summary page (atomically)."""
     counts = {v: sum(r.get("verdict") == v for r in rows) for v in VERDICT_ORDER}
@@ -102,15 +111,18 @@ def write_summary(path: str | Path, rows: list[dict[str, Any]], *, title: str) -
         parts.append("<h2>Slowest models</h2><table><tr><th>model</th><th>seconds</th></tr>"
                      + "".join(f"<tr><td>{_e(r['model'])}</td><td>{r['seconds']:.1f}</td></tr>"
                                for r in timed) + "</table>")
+    truth_col = any(r.get("truth") is not None for r in rows)
     parts.append("<h2>Every model</h2><table><tr><th>model</th><th>verdict</th><th>target</th>"
-                 "<th>p-value</th><th>seconds</th><th>error</th></tr>")
+                 + ("<th>truth (manifest)</th>" if truth_col else "")
+                 + "<th>p-value</th><th>seconds</th><th>error</th></tr>")
     for r in rows:
         name = _e(r["model"])
         link = f"<a href='{_e(r['report'])}'>{name}</a>" if r.get("report") else name
         p = r.get("p_value")
         secs = r.get("seconds")
         parts.append(f"<tr><td>{link}</td><td class='{_e(r.get('verdict'))}'>{_e(r.get('verdict'))}</td>"
-                     f"<td>{_e(r.get('target'))}</td><td>{'' if p is None else f'{p:.3g}'}</td>"
+                     f"<td>{_e(r.get('target'))}</td>" + (f"<td>{_truth_cell(r)}</td>" if truth_col else "")
+                     + f"<td>{'' if p is None else f'{p:.3g}'}</td>"
                      f"<td>{'' if secs is None else f'{secs:.1f}'}</td>"
                      f"<td>{_e(r.get('error'))}</td></tr>")
     parts.append("</table><p class='muted'>One row per model of results.jsonl; each scan ran in its "
