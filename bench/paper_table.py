@@ -67,7 +67,18 @@ GROUPS: dict[str, tuple[str, int, int]] = {
     "L-1": ("square", 1, 1000), "L-3": ("square", 3, 333), "L-9": ("square", 9, 111),
     "P": ("patch", 9, 100), "PS": ("patch", 1, 900), "B": ("blend", 1, 800), "C-0": ("clean", 0, 0),
 }
-METHODS = ("neural_cleanse", "lred", "mm_bd")
+METHODS = ("neural_cleanse", "lred", "mm_bd")  # what the front door runs (--method auto)
+#: the model detectors the front door leaves out, run in a second scan-many pass (``--extra``):
+#: bias_maps needs a clean reference model of the task (REFERENCE, trained like C-0 with a seed
+#: outside the table), lred_perceptible is experimental (run only when named). ULP is not run:
+#: it needs a ULP trained on a zoo of this architecture and recipe.
+EXTRA_METHODS = ("lred_perceptible", "bias_maps")
+REFERENCE = ("C-0", 1000)
+#: the second pass costs 270-290 s per model on one thread (each method ~140 s: bias maps' 1000
+#: adversarial samples per class, the annealed mask search's 300 steps), 2.1 h for all 54 models
+#: on 2 cores; it runs on the first seeds of each group: 2 where the front door is weak
+#: (one-class and perceptible backdoors, blends), 1 elsewhere, and 3 clean models.
+EXTRA_SEEDS = {"G-1": 2, "L-1": 2, "P": 2, "PS": 2, "B": 2, "G-3": 1, "G-9": 1, "L-3": 1, "L-9": 1, "C-0": 3}
 
 
 def plan(group: str, seed: int) -> dict[str, Any]:
@@ -164,18 +175,25 @@ def build(plans: list[dict[str, Any]], root: str, workers: int) -> list[dict[str
     return out
 
 
-def scan(built: list[dict[str, Any]], root: str, workers: int, executor: str) -> Path:
-    """``trojanscope scan-many`` over the manifest of the models that were built."""
+def scan(built: list[dict[str, Any]], root: str, workers: int, executor: str,
+         extra: Path | None = None) -> Path:
+    """``trojanscope scan-many`` over the manifest of the models that were built; with ``extra``
+    (the reference model), the second pass of :data:`EXTRA_METHODS`."""
     ok = [b for b in built if b["ok"]]
-    manifest = CACHE / "manifest.csv"
+    if extra:  # the first EXTRA_SEEDS[g] models of each group that were built
+        ok = [b for b in ok if [c["name"] for c in ok if c["group"] == b["group"]].index(b["name"])
+              < EXTRA_SEEDS.get(b["group"], 0)]
+    manifest = CACHE / ("manifest-extra.csv" if extra else "manifest.csv")
     rows = ["model,backdoored,target,group"]
     rows += [f"models/{b['name']}.safetensors,{str(b['kind'] != 'clean').lower()},"
              f"{'' if b['target'] is None else b['target']},{b['group']}" for b in ok]
     manifest.write_text("\n".join(rows) + "\n")
-    out = CACHE / f"scan-{executor}"
+    out = CACHE / (f"scan-{executor}" + ("-extra" if extra else ""))
     cmd = [sys.executable, "-m", "trojanscope", "scan-many", str(manifest), "--out", str(out),
            "--data", "mnist", "--data-dir", root, "--workers", str(workers), "--executor", executor,
            "--scan-arg=--split=test", "--timeout", "900"]
+    if extra:
+        cmd += ["--method", ",".join(EXTRA_METHODS), f"--scan-arg=--reference={extra}"]
     print("$", shlex.join(cmd), flush=True)
     subprocess.run(cmd, check=False)
     return out
@@ -194,32 +212,48 @@ def _method_rows(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return res
 
 
-def table(built: list[dict[str, Any]], out: Path) -> dict[str, Any]:
-    """Per group and detector: detections with the right target (false alarms on C-0)."""
+def _rows(out: Path) -> dict[str, dict[str, Any]]:
     rows = {}
-    for ln in (out / "results.jsonl").read_text().splitlines():
+    path = out / "results.jsonl"
+    for ln in (path.read_text().splitlines() if path.is_file() else []):
         r = json.loads(ln)
         rows[Path(r["model"]).stem] = r
+    return rows
+
+
+def _report(out: Path, row: dict[str, Any] | None) -> dict[str, Any]:
+    path = out / Path(row["report"]).with_suffix(".json") if row and row.get("report") else None
+    return json.loads(path.read_text()) if path and path.is_file() else {}
+
+
+def table(built: list[dict[str, Any]], out: Path) -> dict[str, Any]:
+    """Per group and detector: detections with the right target (false alarms on C-0)."""
+    rows = _rows(out)
+    extra_out = out.with_name(out.name + "-extra")
+    extra_rows = _rows(extra_out)
     per_model = {}
     for b in built:
         if not b["ok"] or b["name"] not in rows:
             continue
         row = rows[b["name"]]
-        rep_path = out / Path(row["report"]).with_suffix(".json") if row.get("report") else None
-        rep = json.loads(rep_path.read_text()) if rep_path and rep_path.is_file() else {}
+        methods = _method_rows(_report(out, row))
+        methods.update({k: v for k, v in _method_rows(_report(extra_out, extra_rows.get(b["name"]))).items()
+                        if k in EXTRA_METHODS})
         per_model[b["name"]] = {"group": b["group"], "target": b["target"], "sources": b["sources"],
                                 "cta": b["cta"], "asr": b.get("asr"), "verdict": row["verdict"],
                                 "combined_target": row.get("target"), "p_value": row.get("p_value"),
-                                "seconds": row.get("seconds"), "methods": _method_rows(rep)}
+                                "seconds": row.get("seconds"), "methods": methods}
     groups: dict[str, Any] = {}
     for g in GROUPS:
         ms = [m for m in per_model.values() if m["group"] == g]
         cell: dict[str, Any] = {"models": len(ms),
                                 "failed_builds": sum(1 for b in built if b["group"] == g and not b["ok"])}
-        for meth in METHODS:
+        ran = [x for x in EXTRA_METHODS if any(x in m["methods"] for m in per_model.values())]
+        for meth in (*METHODS, *ran):
             said = [(m["methods"].get(meth) or {}, m) for m in ms]
             cell[meth] = {"correct": sum(_correct(x.get("backdoored"), x.get("target"), m) for x, m in said),
                           "flagged": sum(bool(x.get("backdoored")) for x, _ in said),
+                          "ran": sum(x.get("status") == "ok" for x, _ in said),
                           "did_not_run": sum(x.get("status") != "ok" for x, _ in said),
                           "mean_seconds": _mean([x.get("seconds") for x, _ in said]),
                           "mean_images_with_gradient": _mean([x.get("images_with_gradient") for x, _ in said])}
@@ -251,12 +285,16 @@ def markdown(res: dict[str, Any]) -> str:
     cols = " | ".join(gs)
     lines = [f"| detector | {cols} |", "|---|" + "---:|" * len(gs)]
     labels = {"neural_cleanse": "Neural Cleanse", "lred": "L-RED (RED-A)", "mm_bd": "MM-BD",
-              "combined": "**combined verdict**"}
+              "lred_perceptible": "L-RED perceptible (A.3, experimental)*",
+              "bias_maps": "bias maps, clean reference given*", "combined": "**combined verdict**"}
     for meth, label in labels.items():
+        if meth not in res["groups"][gs[0]]:
+            continue
         cells = []
         for g in gs:
             c = res["groups"][g]
-            cell = f"{c[meth]['correct']}/{c['models']}"
+            n = c["models"] if meth == "combined" else c[meth].get("ran", c["models"])
+            cell = f"{c[meth]['correct']}/{n}" if n else "-"
             if meth == "combined" and c[meth].get("inconclusive"):
                 cell += f" ({c[meth]['inconclusive']} inc.)"
             cells.append(cell)
@@ -272,8 +310,12 @@ def markdown(res: dict[str, Any]) -> str:
     c0 = res["groups"].get("C-0")
     alarms = f"{c0['combined']['flagged']} false alarm(s) on {c0['models']} clean models" if c0 else \
         "no clean group"
+    extra = any(m in res["groups"][gs[0]] for m in EXTRA_METHODS)
+    star = (" *: not part of the front door's scan, run in a second pass on the first 1-3 models of "
+            "each group (270-290 s per model for the two).") if extra else ""
     return ("\n".join(lines) + "\n\nA cell is the number of models detected with the right target "
-            "(C-0: not flagged) out of the models in the group; inc. = inconclusive. Goal (issue 15): "
+            "(C-0: not flagged) out of the models in the group the method ran on; inc. = inconclusive."
+            + star + " Goal (issue 15): "
             "the combined verdict finds >= 95% of every group with the right target, with <= 1 false "
             f"alarm per 10 clean models. Met on: {', '.join(met) or 'none'}; missed on: "
             f"{', '.join(missed) or 'none'}; {alarms}.\n")
@@ -288,6 +330,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--executor", default="local", choices=("local", "ray"))
     ap.add_argument("--stage", default="all", choices=("build", "scan", "table", "all"))
+    ap.add_argument("--extra", action="store_true", help="also the model detectors the front door "
+                    "leaves out (lred_perceptible, bias_maps with a clean reference), a second pass")
     ap.add_argument("--table", action="store_true", help="print the markdown table of the committed "
                     "bench/results/paper_table_mnist.json and stop")
     args = ap.parse_args()
@@ -315,6 +359,9 @@ def main() -> None:
     out = CACHE / f"scan-{args.executor}"
     if args.stage in ("scan", "all"):
         out = scan(built, root, args.workers, args.executor)
+        if args.extra:
+            ref = build([plan(*REFERENCE)], root, 1)[0]
+            scan(built, root, args.workers, args.executor, extra=MODELS / f"{ref['name']}.safetensors")
     res = table(built, out)
     res.update(paper="Xiang, Miller & Kesidis, L-RED, Tables 2-3 (layout); MNIST edition",
                recipe={"arch": "borji_cnn", "train_images_per_class": PER_CLASS_TRAIN, "epochs": EPOCHS,
