@@ -251,7 +251,8 @@ def table(built: list[dict[str, Any]], out: Path) -> dict[str, Any]:
         ran = [x for x in EXTRA_METHODS if any(x in m["methods"] for m in per_model.values())]
         for meth in (*METHODS, *ran):
             said = [(m["methods"].get(meth) or {}, m) for m in ms]
-            cell[meth] = {"correct": sum(_correct(x.get("backdoored"), x.get("target"), m) for x, m in said),
+            cell[meth] = {"correct": sum(_correct(x.get("backdoored"), x.get("target"), m)
+                                         for x, m in said if x.get("status") == "ok"),
                           "flagged": sum(bool(x.get("backdoored")) for x, _ in said),
                           "ran": sum(x.get("status") == "ok" for x, _ in said),
                           "did_not_run": sum(x.get("status") != "ok" for x, _ in said),
