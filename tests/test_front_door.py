@@ -326,3 +326,27 @@ def test_one_set_syntax_for_mitigate(tmp_path):
     assert mit == {"epochs": 4, "stamp_fraction": 0.2} and scan == {"epochs": 40}
     with pytest.raises(InputError, match="mitigate takes settings"):
         mitigation_settings(["lred.pi=0.5"], None, mitigation="unlearn", scan_method="neural_cleanse")
+
+
+def test_settings_are_typed_for_each_method_by_its_constraints(tmp_path):
+    """``--set`` and the TOML file go through the same typing as ``--attack-param``: a whole
+    number written as a float becomes the int the constraint asks for; a real fraction stays and
+    is refused by the method's own check."""
+    from trojanscope.cli._options import mitigation_settings, settings
+
+    cfg = tmp_path / "s.toml"
+    cfg.write_text("[lred]\nn_per_class = 4.0\n")
+    got = settings(["neural_cleanse.epochs=50.0", "neural_cleanse.lr=0.5"], cfg, kind="model_detector")
+    assert got == {"neural_cleanse": {"epochs": 50, "lr": 0.5}, "lred": {"n_per_class": 4}}
+    assert isinstance(got["neural_cleanse"]["epochs"], int)
+    assert settings(["neural_cleanse.epochs=50.5"], None, kind="model_detector") == {
+        "neural_cleanse": {"epochs": 50.5}}
+    mit, scan = mitigation_settings(["unlearn.min_steps=40.0", "unlearn.epochs=2.0",
+                                     "neural_cleanse.epochs=9.0"], None,
+                                    mitigation="unlearn", scan_method="neural_cleanse")
+    assert isinstance(mit["min_steps"], int) and isinstance(mit["epochs"], float)  # float allowed
+    assert scan == {"epochs": 9} and isinstance(scan["epochs"], int)
+    import trojanscope as ts
+
+    with pytest.raises(InputError, match="epochs"):
+        ts.create("model_detector", "neural_cleanse", epochs=50.5).validate_params()

@@ -70,7 +70,7 @@ def parse_value(text: str) -> Any:
 
 
 def conform(cls: Any, params: Mapping[str, Any]) -> dict[str, Any]:
-    """Command-line spellings that :func:`parse_value` cannot type without knowing the parameter,
+    """Command-line (and TOML) spellings that :func:`parse_value` cannot type without knowing the parameter,
     typed for ``cls`` (a class with ``parameter_constraints``): ``3.0`` -> 3 where only an int is
     allowed, ``1``/``0`` -> True/False where only a bool is. Everything else is passed unchanged
     (and checked by ``validate_params``)."""
@@ -130,8 +130,10 @@ def load_config(path: Path | None) -> dict[str, dict[str, Any]]:
 
 
 def settings(sets: Sequence[str] | None, config: Path | None, *, known: Sequence[str] | None = None,
-             option: str = "--set") -> dict[str, dict[str, Any]]:
-    """The file's settings overridden by ``--set``; method names are checked against ``known``."""
+             option: str = "--set", kind: str | None = None) -> dict[str, dict[str, Any]]:
+    """The file's settings overridden by ``--set``; method names are checked against ``known``.
+    With ``kind`` (a registry kind), each registered method's values are typed for it by
+    :func:`conform` (``epochs=50.0`` -> 50), from the command line and the file alike."""
     merged = load_config(config)
     for meth, params in parse_sets(sets, option=option).items():
         merged.setdefault(meth, {}).update(params)
@@ -140,7 +142,13 @@ def settings(sets: Sequence[str] | None, config: Path | None, *, known: Sequence
         if bad:
             raise InputError(f"settings for unknown method {', '.join(map(repr, bad))}; "
                              f"methods: {', '.join(known)}")
-    return merged
+    return {m: _conformed(kind, m, p) for m, p in merged.items()} if kind else merged
+
+
+def _conformed(kind: str, name: str, params: dict[str, Any]) -> dict[str, Any]:
+    from .._registry import available, get
+
+    return conform(get(kind, name), params) if name in available(kind) else params
 
 
 def check_params(kind: str, params: Mapping[str, Mapping[str, Any]]) -> None:
@@ -261,4 +269,5 @@ def mitigation_settings(sets: Sequence[str] | None, config: Path | None, *, miti
     if bad:
         raise InputError(f"settings for {', '.join(map(repr, bad))}: mitigate takes settings of the "
                          f"mitigation ({mitigation}) and of the scan run first ({scan_method})")
-    return merged.get(mitigation, {}), merged.get(scan_method, {})
+    return (_conformed("mitigation", mitigation, merged.get(mitigation, {})),
+            _conformed("model_detector", scan_method, merged.get(scan_method, {})))

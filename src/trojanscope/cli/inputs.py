@@ -27,7 +27,7 @@ DEFAULT_METHODS = "mutation,activation_space,kde,lid"
 def parse_params(items: list[str] | None, methods: list[str]) -> dict[str, dict[str, Any]]:
     """``METHOD.KEY=VALUE`` items -> {method: {key: value}} for the named methods (the shared
     ``--set`` parser of :mod:`._options`; ``serve`` uses it too)."""
-    params = settings(items, None, known=methods)
+    params = settings(items, None, known=methods, kind="input_detector")
     return {m: params.get(m, {}) for m in methods}
 
 
@@ -66,7 +66,7 @@ def inputs_cmd(
     from ..workflows import guard_inputs
 
     methods = registry_names("input_detector", method, what="--method")
-    params = settings(param, config, known=methods)
+    params = settings(param, config, known=methods, kind="input_detector")
     for m in list(params):  # settings name only methods in --method (checked above)
         check_params("input_detector", {m: params[m]})
     params = {m: params.get(m, {}) for m in methods}

@@ -106,7 +106,7 @@ def scan(
         raise InputError("--n-per-class must be >= 1")
     if not 0 < alpha < 1:
         raise InputError(f"--alpha must be in (0, 1), got {alpha}")
-    params = settings(sets, config, known=available("model_detector"))
+    params = settings(sets, config, known=available("model_detector"), kind="model_detector")
     data_name = data or sidecar_dataset(model_path) or "digits"
     dev = resolve_device(device)
     shape = parse_in_shape(in_shape)
