@@ -67,7 +67,7 @@ def main() -> None:
     by = {m: [r["seconds"] for r in runs if r["mode"] == m] for m in {r["mode"] for r in runs}}
     seq, par = min(by["sequential_2_threads"]), min(by["two_methods_at_once_1_thread_each"])
     same = all(a["backdoored"] == b["backdoored"] and a["target"] == b["target"]
-               for r1 in runs for r2 in runs for a, b in zip(r1["methods"], r2["methods"], strict=True))
+               for r in runs[1:] for a, b in zip(runs[0]["methods"], r["methods"], strict=True))
     write_result("method_concurrency", {
         "model": "bench/cache/scan_speed/mnist_borji_clean (borji_cnn, clean)", "cpu_count": os.cpu_count(),
         "runs": runs, "best_seconds": {"sequential_2_threads": seq, "two_methods_at_once_1_thread_each": par},

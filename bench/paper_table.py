@@ -43,7 +43,6 @@ results go to ``bench/results/paper_table_mnist.json`` and ``.md``.
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import subprocess
 import sys
@@ -127,6 +126,7 @@ def build_one(p: dict[str, Any], root: str) -> dict[str, Any]:
     from trojanscope.metrics import accuracy, attack_success_rate
     from trojanscope.models import create_model, save_model
     from trojanscope.train import train
+    from trojanscope.utils import atomic_write_json
 
     info_path = MODELS / f"{p['name']}.build.json"
     if info_path.is_file():
@@ -158,9 +158,7 @@ def build_one(p: dict[str, Any], root: str) -> dict[str, Any]:
     if info["ok"]:
         save_model(m, MODELS / f"{p['name']}.safetensors",
                    metadata={"dataset": "mnist", "paper_table": {k: info[k] for k in ("group", "target", "sources")}})
-    tmp = info_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(info, indent=1))
-    os.replace(tmp, info_path)
+    atomic_write_json(info_path, info)
     return info
 
 
@@ -213,12 +211,10 @@ def _method_rows(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def _rows(out: Path) -> dict[str, dict[str, Any]]:
-    rows = {}
-    path = out / "results.jsonl"
-    for ln in (path.read_text().splitlines() if path.is_file() else []):
-        r = json.loads(ln)
-        rows[Path(r["model"]).stem] = r
-    return rows
+    """scan-many's rows by model name (``G-1_s0``), read as scan-many reads them when resuming."""
+    from trojanscope.fleet import read_results
+
+    return {Path(m).stem: r for m, r in read_results(out / "results.jsonl").items()}
 
 
 def _report(out: Path, row: dict[str, Any] | None) -> dict[str, Any]:

@@ -62,9 +62,9 @@ class NeuralCleanse(ModelDetector):
     Defaults: the paper's optimiser (Adam, lr 0.1, betas (0.5, 0.9)) and its adaptive-lambda rule,
     on a shorter schedule (issue 16): an "epoch" of 2 Adam steps on 16 images per label, lambda
     starting at 1e-2 and moved after 3 epochs, early stop after 10 stale epochs, at most 60
-    epochs. That is ~1/9 of the image gradients (157-182k -> 18-19k per scan) of the paper's schedule (full passes of 32-image
-    batches, lambda from 1e-3 moved after 5 epochs, 25 stale epochs, 100 epochs; pass those
-    values to get it) at the same verdicts on every model of ``bench/scan_speed.py``, where the
+    epochs. That is ~1/9 of the image gradients of the paper's schedule (157-182k -> 18-19k per
+    scan; full passes of 32-image batches, lambda from 1e-3 moved after 5 epochs, 25 stale
+    epochs, 100 epochs; pass those values to get it) at the same verdicts on every model of ``bench/scan_speed.py``, where the
     JSON records both side by side. The verdict rule is unchanged.
 
     Args:
