@@ -9,7 +9,9 @@ Per model, in one run, each configuration goes through :func:`trojanscope.scan_m
 the CLI calls it (20 clean training images per class, seed 0, the sanity gate on):
 
 - ``v0.1``: the defaults of trojanscope 0.1 (pinned here as parameters);
-- ``new``: today's defaults (no parameters);
+- ``new``: today's defaults (no parameters; the weights in channels-last memory on a CPU);
+- ``new_contiguous``: today's defaults in the old contiguous layout (the same work as ``new``:
+  what the layout alone buys);
 - ``reference`` (``--reference``, MNIST only by default): Neural Cleanse's per-label loop with the
   paper's schedule (Wang et al. 2019) and the v0.1 L-RED / MM-BD settings.
 
@@ -18,7 +20,7 @@ with autograd on), so it does not depend on the machine; seconds do, and the JSO
 load average around each run. Models are trained once with ``trojanscope train`` (the commands
 are in the JSON) and cached under ``bench/cache/scan_speed/``.
 
-    python bench/scan_speed.py --data-dir DATA [--models a,b] [--configs v0.1,new] [--reference]
+    python bench/scan_speed.py --data-dir DATA [--models a,b] [--configs v0.1,new_contiguous,new] [--reference]
                                [--threads 2] [--fresh] [--table]
 """
 
@@ -69,8 +71,13 @@ V01: dict[str, dict[str, Any]] = {
 CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
     "v0.1": V01,
     "new": {},
+    "new_contiguous": {},
     "reference": {**V01, "neural_cleanse": {**V01["neural_cleanse"], "per_label_loop": True}},
 }
+# memory layout of the weights during each configuration's scan: trojanscope 0.1 and the reference
+# ran contiguous; "new" is today's default (channels-last for a CNN on a CPU); "new_contiguous"
+# isolates the layout's share of the speed-up (the same work as "new", the old layout)
+LAYOUT = {"v0.1": "contiguous", "reference": "contiguous", "new_contiguous": "contiguous", "new": "auto"}
 N_PER_CLASS = 20  # the CLI's default --n-per-class
 
 
@@ -92,14 +99,14 @@ def _train(name: str, data_dir: Path, timeout: float) -> tuple[Path, dict[str, A
     return path, rec
 
 
-def _scan(path: Path, few: Any, params: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def _scan(path: Path, few: Any, params: dict[str, dict[str, Any]], layout: str) -> dict[str, Any]:
     from trojanscope.models import load_model
     from trojanscope.workflows import scan_model
 
     model = load_model(path, device="cpu")  # fresh for every configuration
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
-    rep = scan_model(model, few, "auto", params=params, seed=0)
+    rep = scan_model(model, few, "auto", params=params, seed=0, layout=layout)
     wall = time.perf_counter() - t0
     methods = {}
     for m in rep.methods:
@@ -112,7 +119,8 @@ def _scan(path: Path, few: Any, params: dict[str, dict[str, Any]]) -> dict[str, 
                              "images_with_gradient": r.extra.get("work", {}).get("images_with_gradient"),
                              "params": r.params}
     v = rep.verdict
-    return {"seconds": round(wall, 2), "threads": torch.get_num_threads(), "verdict": v.verdict, "target": v.target, "p_value": v.p_value,
+    return {"seconds": round(wall, 2), "threads": torch.get_num_threads(), "layout": rep.parameters["layout"],
+            "verdict": v.verdict, "target": v.target, "p_value": v.p_value,
             "exit_code": rep.exit_code, "methods": methods,
             "images_with_gradient": sum(m["images_with_gradient"] or 0 for m in methods.values()),
             "loadavg_1m_before_after": [round(load0, 2), round(os.getloadavg()[0], 2)]}
@@ -167,13 +175,23 @@ def kernels(seconds: float = 3.0) -> dict[str, Any]:
     return out
 
 
+def _kept(prev: dict[str, Any]) -> dict[str, Any]:
+    """The previous document's runs whose configuration (parameters and layout) is unchanged."""
+    same = {c for c in CONFIGS if prev.get("configs", {}).get(c) == CONFIGS[c]
+            and prev.get("layouts", {}).get(c, "contiguous") == LAYOUT[c]}  # before layouts: contiguous
+    models = prev.get("models", {})
+    for rec in models.values():
+        rec["runs"] = {c: r for c, r in rec.get("runs", {}).items() if c in same}
+    return models
+
+
 def table(doc: dict[str, Any]) -> str:
     """The README's speed table (markdown), from a result document."""
     rows = ["| model | config | verdict (target) | seconds | threads, load | image gradients | vs v0.1 |",
             "|---|---|---|---:|---|---:|---:|"]
     for name, rec in doc.get("models", {}).items():
         base = rec.get("runs", {}).get("v0.1", {})
-        for cfg in ("reference", "v0.1", "new"):
+        for cfg in ("reference", "v0.1", "new_contiguous", "new"):
             r = rec.get("runs", {}).get(cfg)
             if not r or "verdict" not in r:
                 continue
@@ -189,7 +207,8 @@ def table(doc: dict[str, Any]) -> str:
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated model names")
-    p.add_argument("--configs", default="v0.1,new", help="comma-separated: v0.1, new, reference")
+    p.add_argument("--configs", default="v0.1,new_contiguous,new",
+                   help="comma-separated: reference, v0.1, new_contiguous, new")
     p.add_argument("--reference", action="store_true", help="also the per-label reference on MNIST models")
     p.add_argument("--fresh", action="store_true", help="re-measure runs already in the JSON")
     p.add_argument("--table", action="store_true", help="print the markdown table of the JSON and exit")
@@ -205,8 +224,8 @@ def main() -> None:
     root = data_root(args.data_dir)
     doc: dict[str, Any] = {"goal": {"cifar10_vgg_small_seconds": 120, "mnist_borji_seconds": 15,
                                     "work_ratio_vs_v0.1": 0.2, "same_verdicts": True},
-                           "configs": CONFIGS, "n_per_class": N_PER_CLASS, "cpu_count": os.cpu_count(),
-                           "models": prev.get("models", {}) if prev.get("configs") == CONFIGS else {}}
+                           "configs": CONFIGS, "layouts": LAYOUT, "n_per_class": N_PER_CLASS,
+                           "cpu_count": os.cpu_count(), "models": _kept(prev)}
     if args.kernels:
         doc["kernels"] = {"threads": torch.get_num_threads(), "loadavg_1m": os.getloadavg()[0],
                           "seconds_per_image": kernels()}
@@ -230,9 +249,11 @@ def main() -> None:
                 continue
             if few is None:
                 few = load_dataset(data, "train", root=root).clean_subset(N_PER_CLASS, seed=0)
-            r = _scan(model_path, few, CONFIGS[cfg])
+            r = _scan(model_path, few, CONFIGS[cfg], LAYOUT[cfg])
             r["as_expected"] = (r["target"] == spec["target"]) and (r["verdict"] == ("clean" if spec["target"] is None
                                                                                    else "backdoored"))
+            r["run_by"] = {"command": "python " + shlex.join(sys.argv),  # rows of several runs share the JSON
+                           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             rec["runs"][cfg] = r
             print(f"{name} {cfg}: {r['verdict']} target {r['target']} in {r['seconds']:.1f} s, "
                   f"{r['images_with_gradient']:,} image gradients", flush=True)
@@ -244,6 +265,11 @@ def main() -> None:
                 "images_with_gradient": runs["new"]["images_with_gradient"] / runs["v0.1"]["images_with_gradient"],
                 "same_verdict": (runs["new"]["verdict"], runs["new"]["target"]) == (runs["v0.1"]["verdict"],
                                                                                    runs["v0.1"]["target"])}
+        if "new_contiguous" in runs and "new" in runs:
+            rec["layout_speedup"] = {
+                "seconds_contiguous_over_channels_last": runs["new_contiguous"]["seconds"] / runs["new"]["seconds"],
+                "same_verdict": (runs["new"]["verdict"], runs["new"]["target"]) == (
+                    runs["new_contiguous"]["verdict"], runs["new_contiguous"]["target"])}
         write_result(NAME, doc)
     print(table(doc))
 

@@ -350,3 +350,64 @@ def test_settings_are_typed_for_each_method_by_its_constraints(tmp_path):
 
     with pytest.raises(InputError, match="epochs"):
         ts.create("model_detector", "neural_cleanse", epochs=50.5).validate_params()
+
+
+# ------------------------------------------------------------------ memory layout of a scan
+
+QUICK_NC = {"epochs": 60, "steps_per_epoch": 3, "batch_size": 24, "patience": 3, "early_stop_patience": 6,
+            "init_cost": 0.01}
+
+
+def _conv_strides_seen(model: torch.nn.Module) -> tuple[list, list]:
+    """A forward hook on every Conv2d recording its weight's strides while the scan runs."""
+    seen: list = []
+    hooks = [m.register_forward_pre_hook(lambda mod, _x: seen.append(mod.weight.stride()))
+             for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    return seen, hooks
+
+
+def test_channels_last_scan_same_verdict_and_model_left_as_it_was(backdoor, clean_few):
+    """``layout="auto"`` runs a CNN on a CPU in channels-last memory (the speed lever of issue
+    16): the verdict and target are those of the contiguous run, and the model comes back with
+    the same parameter objects, values and strides."""
+    from trojanscope import scan_model
+
+    model = backdoor["backdoored"]
+    before = {k: (v.clone(), v.stride()) for k, v in model.state_dict().items()}
+    params = [id(p) for p in model.parameters()]
+    reps = {}
+    for layout in ("auto", "contiguous"):
+        seen, hooks = _conv_strides_seen(model)
+        reps[layout] = scan_model(model, clean_few, "neural_cleanse", layout=layout, seed=0, alpha=0.1,
+                                  params={"neural_cleanse": QUICK_NC})
+        for h in hooks:
+            h.remove()
+        cl = [s[1] == 1 for s in seen]  # channels-last: the input channels are innermost
+        if layout == "auto":  # from the sanity gate on (the class-count probe runs before)
+            assert True in cl and all(cl[cl.index(True):])
+        else:
+            assert seen and not any(cl)
+        assert reps[layout].parameters["layout"] == ("channels_last" if layout == "auto" else "contiguous")
+        now = model.state_dict()
+        assert all(torch.equal(now[k], v) and now[k].stride() == s for k, (v, s) in before.items())
+        assert [id(p) for p in model.parameters()] == params
+    a, c = reps["auto"].verdict, reps["contiguous"].verdict
+    assert a.verdict == c.verdict == "backdoored" and a.target == c.target == backdoor["target"]
+
+
+def test_memory_layout_restores_on_error_and_refuses_unknown_layouts():
+    from trojanscope._runtime import memory_layout, resolve_layout
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 36, 3))
+    w = net[0].weight
+    ptr, stride, values = w.data_ptr(), w.stride(), w.detach().clone()
+    with pytest.raises(ZeroDivisionError), memory_layout(net, "channels_last"):
+        assert w.stride()[1] == 1 and w.data_ptr() != ptr  # one input channel still gets the layout
+        1 / 0  # noqa: B018
+    assert w.data_ptr() == ptr and w.stride() == stride and torch.equal(w, values)
+    assert resolve_layout(torch.nn.Linear(3, 2)) == "contiguous"  # nothing to gain without 4-D weights
+    assert resolve_layout(net) == "channels_last"
+    with pytest.raises(InputError, match="unknown layout"):
+        resolve_layout(net, "nhwc")
+    res = CliRunner().invoke(app, ["scan", "whatever.safetensors", "--layout", "nhwc"])
+    assert isinstance(res.exception, InputError) and "--layout must be one of" in str(res.exception)

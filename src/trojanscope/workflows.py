@@ -47,8 +47,10 @@ from ._runtime import (
     as_image_data,
     check_model,
     frozen,
+    memory_layout,
     prepared,
     probe_num_classes,
+    resolve_layout,
 )
 from .combine import CombinedVerdict, Evidence, combine_evidence
 from .data import ImageData
@@ -540,7 +542,8 @@ def scan_model(model: nn.Module, clean: CleanData | None, methods: str | Sequenc
                recorded_accuracy: float | None = None, model_path: str | Path | None = None,
                data_info: Mapping[str, Any] | None = None,
                progress: ProgressFn | None = None, in_shape: Sequence[int] | None = None,
-               num_classes: int | None = None, keep_going: bool | None = None) -> ScanReport:
+               num_classes: int | None = None, keep_going: bool | None = None,
+               layout: str = "auto") -> ScanReport:
     """Is ``model`` backdoored? Sanity gate, detectors, one combined verdict.
 
     Args:
@@ -568,6 +571,10 @@ def scan_model(model: nn.Module, clean: CleanData | None, methods: str | Sequenc
         keep_going: when a method fails, record it (status ``"failed"``, which makes a
             "clean" verdict inconclusive) and run the others, instead of raising. Default: only
             in auto mode (an explicitly named method that fails is an error); the demo sets it.
+        layout: memory layout of the model's weights during the scan: ``"auto"``
+            (channels-last on a CPU for a convolutional model, 1.4-1.8x faster at the same
+            verdicts), ``"channels_last"`` or ``"contiguous"``; the model is restored after
+            (:class:`~trojanscope._runtime.memory_layout`).
 
     Raises:
         InputError: unknown methods or parameters, a model that cannot take the images, or an
@@ -614,7 +621,7 @@ def scan_model(model: nn.Module, clean: CleanData | None, methods: str | Sequenc
                                 resources={"reference": reference, "ulp": ctx["ulp"]})
     parameters = {"methods": "auto" if auto else list(names), "selected": list(names),
                   "alpha": alpha, "rule": rule, "seed": seed, "sanity_gate": sanity,
-                  "device": str(model_device(model)),
+                  "device": str(model_device(model)), "layout": resolve_layout(model, layout),
                   "method_params": {n: d.get_params() for n, d in detectors.items()},
                   "unused_settings": sorted(set(params or {}) - set(names))}
     timings: dict[str, Any] = {"sanity": 0.0, "methods": {}, "total": 0.0}
@@ -626,50 +633,51 @@ def scan_model(model: nn.Module, clean: CleanData | None, methods: str | Sequenc
         for det in detectors.values():
             det.validate_params()
 
-    gate = None
-    if sanity and data is not None:
-        _emit(progress, stage="sanity", n_images=len(data))
-        gate = sanity_check(model, data, recorded_accuracy=recorded_accuracy)
-        timings["sanity"] = gate.seconds
-        if not gate.passed:
-            verdict = CombinedVerdict("inconclusive", None, rule, alpha, reason=gate.reason, hint=gate.hint)
-            runs += [MethodRun(n, "skipped", why="not run: the model failed the sanity gate")
-                     for n in names]
-            timings["total"] = time.perf_counter() - t_start
-            _emit(progress, stage="done", verdict=verdict.verdict)
-            return ScanReport(verdict, gate, runs, model=mdesc, data=dinfo, parameters=parameters,
-                              timings=timings)
+    with memory_layout(model, layout):  # restored on exit: the model leaves the scan as it came
+        gate = None
+        if sanity and data is not None:
+            _emit(progress, stage="sanity", n_images=len(data))
+            gate = sanity_check(model, data, recorded_accuracy=recorded_accuracy)
+            timings["sanity"] = gate.seconds
+            if not gate.passed:
+                verdict = CombinedVerdict("inconclusive", None, rule, alpha, reason=gate.reason, hint=gate.hint)
+                runs += [MethodRun(n, "skipped", why="not run: the model failed the sanity gate")
+                         for n in names]
+                timings["total"] = time.perf_counter() - t_start
+                _emit(progress, stage="done", verdict=verdict.verdict)
+                return ScanReport(verdict, gate, runs, model=mdesc, data=dinfo, parameters=parameters,
+                                  timings=timings)
 
-    failed: list[str] = []
-    for i, (name, det) in enumerate(detectors.items()):
-        _emit(progress, stage="method", method=name, index=i + 1, total=len(detectors))
+        failed: list[str] = []
+        for i, (name, det) in enumerate(detectors.items()):
+            _emit(progress, stage="method", method=name, index=i + 1, total=len(detectors))
 
-        def inner(p: dict[str, Any], name: str = name) -> None:
-            _emit(progress, **{**p, "method": name})
+            def inner(p: dict[str, Any], name: str = name) -> None:
+                _emit(progress, **{**p, "method": name})
 
-        try:
-            r = det.scan(model, data, progress=inner if progress else None, in_shape=shape)
-        except TrojanscopeError as e:
-            if not keep_going:
-                raise InputError(str(e) if str(e).startswith(f"{name}: ") else f"{name}: {e}") from None
-            failed.append(name)
-            runs.append(MethodRun(name, "failed", error=str(e), why=f"{name} could not run: {e}"))
-            continue
-        timings["methods"][name] = r.seconds
-        calib = r.extra.get("p_value_calibration")
-        runs.append(MethodRun(name, "ok", result=r, p_value=r.p_value,
-                              calibration=calib if isinstance(calib, str) else (
-                                  None if r.p_value is None else "the method's own test"),
-                              candidate_target=candidate_target(r), why=_why(r)))
-        _emit(progress, stage="method_done", method=name, backdoored=r.backdoored, target=r.target,
-              statistic=r.statistic, p_value=r.p_value, seconds=r.seconds)
-    evidence = [Evidence(m.method, m.p_value, m.candidate_target,
-                         list(m.result.sources) if m.result else [], bool(m.result and m.result.backdoored))
-                for m in runs if m.status == "ok"]
-    verdict = combine_evidence(evidence, alpha=alpha, rule=rule, failed=failed)
-    timings["total"] = time.perf_counter() - t_start
-    _emit(progress, stage="done", verdict=verdict.verdict)
-    return ScanReport(verdict, gate, runs, model=mdesc, data=dinfo, parameters=parameters, timings=timings)
+            try:
+                r = det.scan(model, data, progress=inner if progress else None, in_shape=shape)
+            except TrojanscopeError as e:
+                if not keep_going:
+                    raise InputError(str(e) if str(e).startswith(f"{name}: ") else f"{name}: {e}") from None
+                failed.append(name)
+                runs.append(MethodRun(name, "failed", error=str(e), why=f"{name} could not run: {e}"))
+                continue
+            timings["methods"][name] = r.seconds
+            calib = r.extra.get("p_value_calibration")
+            runs.append(MethodRun(name, "ok", result=r, p_value=r.p_value,
+                                  calibration=calib if isinstance(calib, str) else (
+                                      None if r.p_value is None else "the method's own test"),
+                                  candidate_target=candidate_target(r), why=_why(r)))
+            _emit(progress, stage="method_done", method=name, backdoored=r.backdoored, target=r.target,
+                  statistic=r.statistic, p_value=r.p_value, seconds=r.seconds)
+        evidence = [Evidence(m.method, m.p_value, m.candidate_target,
+                             list(m.result.sources) if m.result else [], bool(m.result and m.result.backdoored))
+                    for m in runs if m.status == "ok"]
+        verdict = combine_evidence(evidence, alpha=alpha, rule=rule, failed=failed)
+        timings["total"] = time.perf_counter() - t_start
+        _emit(progress, stage="done", verdict=verdict.verdict)
+        return ScanReport(verdict, gate, runs, model=mdesc, data=dinfo, parameters=parameters, timings=timings)
 
 
 # ---------------------------------------------------------------------------- guard_inputs
