@@ -187,8 +187,8 @@ def _kept(prev: dict[str, Any]) -> dict[str, Any]:
 
 def table(doc: dict[str, Any]) -> str:
     """The README's speed table (markdown), from a result document."""
-    rows = ["| model | config | verdict (target) | seconds | threads, load | image gradients | vs v0.1 |",
-            "|---|---|---|---:|---|---:|---:|"]
+    rows = ["| model | config | verdict (target) | seconds | threads, load | image gradients | work vs v0.1 | "
+            "seconds vs v0.1 |", "|---|---|---|---:|---|---:|---:|---:|"]
     for name, rec in doc.get("models", {}).items():
         base = rec.get("runs", {}).get("v0.1", {})
         for cfg in ("reference", "v0.1", "new_contiguous", "new"):
@@ -198,9 +198,11 @@ def table(doc: dict[str, Any]) -> str:
             tgt = "" if r["target"] is None else f" ({r['target']})"
             ratio = (f"{r['images_with_gradient'] / base['images_with_gradient']:.2f}x"
                      if base.get("images_with_gradient") else "")
+            sratio = f"{r['seconds'] / base['seconds']:.2f}x" if base.get("seconds") else ""
             load = max(r.get("loadavg_1m_before_after") or [0.0])
             rows.append(f"| {name} | {cfg} | {r['verdict']}{tgt} | {r['seconds']:.0f} | "
-                        f"{r.get('threads', '?')}, {load:.1f} | {r['images_with_gradient']:,} | {ratio} |")
+                        f"{r.get('threads', '?')}, {load:.1f} | {r['images_with_gradient']:,} | {ratio} | "
+                        f"{sratio} |")
     return "\n".join(rows)
 
 

@@ -34,6 +34,7 @@ import inspect
 import math
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -633,7 +634,8 @@ def scan_model(model: nn.Module, clean: CleanData | None, methods: str | Sequenc
         for det in detectors.values():
             det.validate_params()
 
-    with memory_layout(model, layout):  # restored on exit: the model leaves the scan as it came
+    # both restored on exit: the models leave the scan as they came (bias maps run the reference too)
+    with memory_layout(model, layout), memory_layout(reference, layout) if reference is not None else nullcontext():
         gate = None
         if sanity and data is not None:
             _emit(progress, stage="sanity", n_images=len(data))

@@ -137,7 +137,7 @@ def train_ulp(models: list[nn.Module], labels: torch.Tensor, *, num_classes: int
     See :func:`~trojanscope.detectors.model._ulp_train.fit_ulp` for the arguments.
     """
     fit = fit_ulp(models, labels, tuple(in_shape), n_patterns=n_patterns, pooling=pooling,
-                  sort_logits=sort_logits,                  steps=steps, lr=lr, lr_classifier=lr_classifier, tv_weight=tv_weight,
+                  sort_logits=sort_logits, steps=steps, lr=lr, lr_classifier=lr_classifier, tv_weight=tv_weight,
                   model_dropout=model_dropout, learn_patterns=not noise_input, seed=seed,
                   progress=progress)
     labels = torch.as_tensor(labels)
