@@ -35,6 +35,12 @@ ships (set on other models: ``bench/scan_speed.py``), theta = 0.05 and the Cauch
 
     python bench/paper_table.py [--data-dir DIR] [--seeds 5] [--clean-seeds 10] [--groups G-1,...]
                                 [--workers 2] [--executor local|ray] [--stage build|scan|table|all]
+                                [--extra] [--ulp [--ulp-zoo 3]]
+
+``--extra`` adds a second scan-many pass with the model detectors the front door leaves out
+(``lred_perceptible``; ``bias_maps`` with a clean reference model); ``--ulp`` builds a zoo of
+models like the table's from seeds the table never uses, trains a ULP on it, and scans the
+table's models with it (the table is ULP's held-out test).
 
 Models and scans are cached under ``bench/cache/paper_table/`` (a second run resumes both);
 results go to ``bench/results/paper_table_mnist.json`` and ``.md``.
@@ -69,8 +75,8 @@ GROUPS: dict[str, tuple[str, int, int]] = {
 METHODS = ("neural_cleanse", "lred", "mm_bd")  # what the front door runs (--method auto)
 #: the model detectors the front door leaves out, run in a second scan-many pass (``--extra``):
 #: bias_maps needs a clean reference model of the task (REFERENCE, trained like C-0 with a seed
-#: outside the table), lred_perceptible is experimental (run only when named). ULP is not run:
-#: it needs a ULP trained on a zoo of this architecture and recipe.
+#: outside the table), lred_perceptible is experimental (run only when named). ULP runs in a
+#: third pass (``--ulp``) with a ULP trained on its own zoo (ZOO_SEED0).
 EXTRA_METHODS = ("lred_perceptible", "bias_maps")
 REFERENCE = ("C-0", 1000)
 #: the second pass costs 270-290 s per model on one thread (each method ~140 s: bias maps' 1000
@@ -78,6 +84,17 @@ REFERENCE = ("C-0", 1000)
 #: on 2 cores; it runs on the first seeds of each group: 2 where the front door is weak
 #: (one-class and perceptible backdoors, blends), 1 elsewhere, and 3 clean models.
 EXTRA_SEEDS = {"G-1": 2, "L-1": 2, "P": 2, "PS": 2, "B": 2, "G-3": 1, "G-9": 1, "L-3": 1, "L-9": 1, "C-0": 3}
+
+
+#: ULP (Kolouri et al. 2020) learns its patterns on a zoo of models of the suspect's architecture
+#: and recipe. Its zoo is built exactly like the table's models (same groups, recipe and
+#: failed-build rule) from seeds ZOO_SEED0.., which the table never uses (its seeds are 0..7): the
+#: table is the held-out test. Zoo and table share the attack families, which is ULP's own
+#: setting (train and test triggers of the same kinds), so the row is its favourable case.
+ZOO = CACHE / "ulp-zoo"
+ZOO_SEED0 = 100
+ULP_FILE = CACHE / "ulp-mnist.safetensors"
+ULP_INFO = CACHE / "ulp-mnist.json"  # how the ULP file was made (cached with it)
 
 
 def plan(group: str, seed: int) -> dict[str, Any]:
@@ -116,8 +133,8 @@ def trigger_of(p: dict[str, Any], train_data):
     raise ValueError(p["kind"])
 
 
-def build_one(p: dict[str, Any], root: str) -> dict[str, Any]:
-    """Train model ``p`` (in a worker process, one thread) and save it with its sidecar."""
+def build_one(p: dict[str, Any], root: str, dest: Path = MODELS) -> dict[str, Any]:
+    """Train model ``p`` (in a worker process, one thread) and save it with its sidecar in ``dest``."""
     import torch
 
     torch.set_num_threads(1)
@@ -128,7 +145,7 @@ def build_one(p: dict[str, Any], root: str) -> dict[str, Any]:
     from trojanscope.train import train
     from trojanscope.utils import atomic_write_json
 
-    info_path = MODELS / f"{p['name']}.build.json"
+    info_path = dest / f"{p['name']}.build.json"
     if info_path.is_file():
         return json.loads(info_path.read_text())
     t0 = time.perf_counter()
@@ -156,42 +173,78 @@ def build_one(p: dict[str, Any], root: str) -> dict[str, Any]:
     info["ok"] = info["cta"] >= MIN_CTA and (trig is None or info["asr"] >= MIN_ASR)
     info["train_seconds"] = round(time.perf_counter() - t0, 1)
     if info["ok"]:
-        save_model(m, MODELS / f"{p['name']}.safetensors",
+        save_model(m, dest / f"{p['name']}.safetensors",
                    metadata={"dataset": "mnist", "paper_table": {k: info[k] for k in ("group", "target", "sources")}})
     atomic_write_json(info_path, info)
     return info
 
 
-def build(plans: list[dict[str, Any]], root: str, workers: int) -> list[dict[str, Any]]:
-    MODELS.mkdir(parents=True, exist_ok=True)
+def build(plans: list[dict[str, Any]], root: str, workers: int, dest: Path = MODELS) -> list[dict[str, Any]]:
+    dest.mkdir(parents=True, exist_ok=True)
     out = []
     with ProcessPoolExecutor(workers) as ex:
-        for info in ex.map(build_one, plans, [root] * len(plans)):
+        for info in ex.map(build_one, plans, [root] * len(plans), [dest] * len(plans)):
             print(f"built {info['name']}: cta {info['cta']:.3f} asr {info.get('asr', float('nan')):.3f} "
                   f"ok={info['ok']} ({info['train_seconds']}s)", flush=True)
             out.append(info)
     return out
 
 
+def train_zoo_ulp(root: str, workers: int, per_group: int) -> dict[str, Any]:
+    """Build the ULP zoo (``per_group`` models of each backdoored group, as many clean ones) and
+    train a ULP on all of it with ``trojanscope``'s defaults (M = 10, 500 steps, seed 0)."""
+    import torch
+
+    from trojanscope.detectors.model._ulp_train import roc_summary
+    from trojanscope.detectors.model.ulp import train_ulp
+    from trojanscope.models import load_model
+    from trojanscope.utils import atomic_write_json
+
+    bad = [g for g in GROUPS if g != "C-0"]
+    plans = [plan(g, ZOO_SEED0 + s) for s in range(per_group) for g in bad]
+    plans += [plan("C-0", ZOO_SEED0 + s) for s in range(per_group * len(bad))]  # balanced
+    zoo = [b for b in build(plans, root, workers, ZOO) if b["ok"]]
+    torch.set_num_threads(workers)
+    models = [load_model(ZOO / f"{b['name']}.safetensors") for b in zoo]
+    labels = torch.tensor([int(b["kind"] != "clean") for b in zoo])
+    ulp = train_ulp(models, labels, num_classes=NUM_CLASSES, in_shape=(1, 28, 28), dataset="mnist", seed=0)
+    train_roc = roc_summary(ulp.score_models(models), labels)
+    ulp.info["zoo"] = {"models": [b["name"] for b in zoo], "failed_builds": len(plans) - len(zoo)}
+    ulp.save(ULP_FILE)
+    print(f"ULP trained on {len(zoo)} zoo models ({int(labels.sum())} poisoned): train AUC "
+          f"{train_roc['auc']:.3f}", flush=True)
+    info = {"zoo_models": len(zoo), "zoo_poisoned": int(labels.sum()), "failed_builds": len(plans) - len(zoo),
+            "per_group": per_group, "seeds_from": ZOO_SEED0, "train_auc": train_roc["auc"],
+            "train_accuracy_at_0.5": train_roc["accuracy_at_0.5"], "train_seconds": ulp.info["seconds"],
+            "file": str(ULP_FILE.relative_to(BENCH.parent))}
+    atomic_write_json(ULP_INFO, info)
+    return info
+
+
 def scan(built: list[dict[str, Any]], root: str, workers: int, executor: str,
-         extra: Path | None = None) -> Path:
+         extra: Path | None = None, ulp: Path | None = None,
+         extra_seeds: dict[str, int] | None = None) -> Path:
     """``trojanscope scan-many`` over the manifest of the models that were built; with ``extra``
-    (the reference model), the second pass of :data:`EXTRA_METHODS`."""
+    (the reference model), the second pass of :data:`EXTRA_METHODS`; with ``ulp`` (a trained
+    ULP file), the ULP pass."""
     ok = [b for b in built if b["ok"]]
     if extra:  # the first EXTRA_SEEDS[g] models of each group that were built
         ok = [b for b in ok if [c["name"] for c in ok if c["group"] == b["group"]].index(b["name"])
-              < EXTRA_SEEDS.get(b["group"], 0)]
-    manifest = CACHE / ("manifest-extra.csv" if extra else "manifest.csv")
+              < (extra_seeds or EXTRA_SEEDS).get(b["group"], 0)]
+    tag = "-extra" if extra else "-ulp" if ulp else ""
+    manifest = CACHE / f"manifest{tag}.csv"
     rows = ["model,backdoored,target,group"]
     rows += [f"models/{b['name']}.safetensors,{str(b['kind'] != 'clean').lower()},"
              f"{'' if b['target'] is None else b['target']},{b['group']}" for b in ok]
     manifest.write_text("\n".join(rows) + "\n")
-    out = CACHE / (f"scan-{executor}" + ("-extra" if extra else ""))
+    out = CACHE / f"scan-{executor}{tag}"
     cmd = [sys.executable, "-m", "trojanscope", "scan-many", str(manifest), "--out", str(out),
            "--data", "mnist", "--data-dir", root, "--workers", str(workers), "--executor", executor,
            "--scan-arg=--split=test", "--timeout", "900"]
     if extra:
         cmd += ["--method", ",".join(EXTRA_METHODS), f"--scan-arg=--reference={extra}"]
+    if ulp:
+        cmd += ["--method", "ulp", f"--scan-arg=--ulp={ulp}"]
     print("$", shlex.join(cmd), flush=True)
     subprocess.run(cmd, check=False)
     return out
@@ -227,6 +280,8 @@ def table(built: list[dict[str, Any]], out: Path) -> dict[str, Any]:
     rows = _rows(out)
     extra_out = out.with_name(out.name + "-extra")
     extra_rows = _rows(extra_out)
+    ulp_out = out.with_name(out.name + "-ulp")
+    ulp_rows = _rows(ulp_out)
     per_model = {}
     for b in built:
         if not b["ok"] or b["name"] not in rows:
@@ -235,6 +290,8 @@ def table(built: list[dict[str, Any]], out: Path) -> dict[str, Any]:
         methods = _method_rows(_report(out, row))
         methods.update({k: v for k, v in _method_rows(_report(extra_out, extra_rows.get(b["name"]))).items()
                         if k in EXTRA_METHODS})
+        methods.update({k: v for k, v in _method_rows(_report(ulp_out, ulp_rows.get(b["name"]))).items()
+                        if k == "ulp"})
         per_model[b["name"]] = {"group": b["group"], "target": b["target"], "sources": b["sources"],
                                 "cta": b["cta"], "asr": b.get("asr"), "verdict": row["verdict"],
                                 "combined_target": row.get("target"), "p_value": row.get("p_value"),
@@ -244,10 +301,10 @@ def table(built: list[dict[str, Any]], out: Path) -> dict[str, Any]:
         ms = [m for m in per_model.values() if m["group"] == g]
         cell: dict[str, Any] = {"models": len(ms),
                                 "failed_builds": sum(1 for b in built if b["group"] == g and not b["ok"])}
-        ran = [x for x in EXTRA_METHODS if any(x in m["methods"] for m in per_model.values())]
+        ran = [x for x in (*EXTRA_METHODS, "ulp") if any(x in m["methods"] for m in per_model.values())]
         for meth in (*METHODS, *ran):
             said = [(m["methods"].get(meth) or {}, m) for m in ms]
-            cell[meth] = {"correct": sum(_correct(x.get("backdoored"), x.get("target"), m)
+            cell[meth] = {"correct": sum(_correct(x.get("backdoored"), x.get("target"), m, meth in NO_TARGET)
                                          for x, m in said if x.get("status") == "ok"),
                           "flagged": sum(bool(x.get("backdoored")) for x, _ in said),
                           "ran": sum(x.get("status") == "ok" for x, _ in said),
@@ -264,11 +321,16 @@ def table(built: list[dict[str, Any]], out: Path) -> dict[str, Any]:
     return {"groups": groups, "models": per_model}
 
 
-def _correct(said: bool | None, target: int | None, m: dict[str, Any]) -> bool:
-    """L-RED sec. 5: a detection counts only with the right target; on a clean model, silence."""
+#: detectors that say whether a model is backdoored but name no target class
+NO_TARGET = {"ulp"}
+
+
+def _correct(said: bool | None, target: int | None, m: dict[str, Any], no_target: bool = False) -> bool:
+    """L-RED sec. 5: a detection counts only with the right target; on a clean model, silence.
+    A detector that names no target (ULP) counts on its detection alone, and the table says so."""
     if m["target"] is None:
         return not said
-    return bool(said) and target == m["target"]
+    return bool(said) and (no_target or target == m["target"])
 
 
 def _mean(xs: list[Any]) -> float | None:
@@ -283,7 +345,9 @@ def markdown(res: dict[str, Any]) -> str:
     lines = [f"| detector | {cols} |", "|---|" + "---:|" * len(gs)]
     labels = {"neural_cleanse": "Neural Cleanse", "lred": "L-RED (RED-A)", "mm_bd": "MM-BD",
               "lred_perceptible": "L-RED perceptible (A.3, experimental)*",
-              "bias_maps": "bias maps, clean reference given*", "combined": "**combined verdict**"}
+              "bias_maps": "bias maps, clean reference given*",
+              "ulp": "ULP, zoo of held-out seeds (detection only: no target)**",
+              "combined": "**combined verdict**"}
     for meth, label in labels.items():
         if meth not in res["groups"][gs[0]]:
             continue
@@ -308,8 +372,22 @@ def markdown(res: dict[str, Any]) -> str:
     alarms = f"{c0['combined']['flagged']} false alarm(s) on {c0['models']} clean models" if c0 else \
         "no clean group"
     extra = any(m in res["groups"][gs[0]] for m in EXTRA_METHODS)
-    star = (" *: not part of the front door's scan, run in a second pass on the first 1-3 models of "
-            "each group (270-290 s per model for the two).") if extra else ""
+    def ran(m: dict[str, Any], x: str) -> bool:
+        return (m["methods"].get(x) or {}).get("status") == "ok"
+
+    n_extra = sum(1 for m in res["models"].values() if any(ran(m, x) for x in EXTRA_METHODS))
+    secs = [sum(m["methods"][x].get("seconds") or 0 for x in EXTRA_METHODS)
+            for m in res["models"].values() if all(ran(m, x) for x in EXTRA_METHODS)]
+    cover = ("every model" if n_extra == len(res["models"]) else
+             f"{n_extra} of the {len(res['models'])} models (the first of each group)")
+    star = (f" *: not part of the front door's scan, run in a second pass on {cover}"
+            + (f" ({min(secs):.0f}-{max(secs):.0f} s per model for the two)" if secs else "") + ".") if extra else ""
+    if "ulp" in res["groups"][gs[0]]:
+        z = res.get("ulp_zoo") or {}
+        star += (f" **: a ULP (M = 10) trained on {z.get('zoo_models', '?')} models built like the "
+                 f"table's ({z.get('per_group', '?')} per backdoored group and as many clean, seeds "
+                 f"{ZOO_SEED0}+, none of the table's); it says whether a model is backdoored, not "
+                 "to which class, so its cells count detections.")
     return ("\n".join(lines) + "\n\nA cell is the number of models detected with the right target "
             "(C-0: not flagged) out of the models in the group the method ran on; inc. = inconclusive."
             + star + " Goal (issue 15): "
@@ -329,6 +407,12 @@ def main() -> None:
     ap.add_argument("--stage", default="all", choices=("build", "scan", "table", "all"))
     ap.add_argument("--extra", action="store_true", help="also the model detectors the front door "
                     "leaves out (lred_perceptible, bias_maps with a clean reference), a second pass")
+    ap.add_argument("--extra-per-group", type=int, default=None, help="with --extra: this many models "
+                    "of every group (default: EXTRA_SEEDS, 1-3 per group)")
+    ap.add_argument("--ulp", action="store_true", help="also ULP: build its zoo (held-out seeds), train "
+                    "it, scan the table's models with it")
+    ap.add_argument("--ulp-zoo", type=int, default=3, help="ULP zoo models per backdoored group (as "
+                    "many clean ones in all)")
     ap.add_argument("--table", action="store_true", help="print the markdown table of the committed "
                     "bench/results/paper_table_mnist.json and stop")
     args = ap.parse_args()
@@ -358,8 +442,17 @@ def main() -> None:
         out = scan(built, root, args.workers, args.executor)
         if args.extra:
             ref = build([plan(*REFERENCE)], root, 1)[0]
-            scan(built, root, args.workers, args.executor, extra=MODELS / f"{ref['name']}.safetensors")
+            per = None if args.extra_per_group is None else {g: args.extra_per_group for g in GROUPS}
+            scan(built, root, args.workers, args.executor, extra=MODELS / f"{ref['name']}.safetensors",
+                 extra_seeds=per)
+    if args.ulp and args.stage in ("scan", "all"):
+        if not (ULP_FILE.is_file() and ULP_INFO.is_file()):
+            train_zoo_ulp(root, args.workers, args.ulp_zoo)
+        scan(built, root, args.workers, args.executor, ulp=ULP_FILE)
+    ulp_zoo = json.loads(ULP_INFO.read_text()) if ULP_INFO.is_file() else None
     res = table(built, out)
+    if ulp_zoo and any("ulp" in m["methods"] for m in res["models"].values()):
+        res["ulp_zoo"] = ulp_zoo
     res.update(paper="Xiang, Miller & Kesidis, L-RED, Tables 2-3 (layout); MNIST edition",
                recipe={"arch": "borji_cnn", "train_images_per_class": PER_CLASS_TRAIN, "epochs": EPOCHS,
                        "lr": LR, "optimizer": "adam", "batch_size": BATCH, "min_asr": MIN_ASR,
