@@ -154,12 +154,12 @@ class memory_layout:
             for mod in self.model.modules():
                 for name, p in list(mod._parameters.items()):
                     new = _channels_last(p)
-                    if new is not None:
+                    if new is not None and p is not None:
                         self._saved.append((p, name, p.data, True))
                         p.data = new
                 for name, b in list(mod._buffers.items()):
                     new = _channels_last(b)
-                    if new is not None:
+                    if new is not None and b is not None:
                         mod._buffers[name] = new
                         self._saved.append((mod, name, b, False))
         except (RuntimeError, TypeError, AttributeError):
