@@ -259,6 +259,7 @@ def _method_rows(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
         res[m.get("method")] = {"status": m.get("status"), "backdoored": r.get("backdoored"),
                                 "target": r.get("target"), "candidate_target": m.get("candidate_target"),
                                 "p_value": m.get("p_value"), "seconds": r.get("seconds"),
+                                "statistic": r.get("statistic"),
                                 "images_with_gradient": work.get("images_with_gradient")}
     return res
 
@@ -318,7 +319,17 @@ def table(built: list[dict[str, Any]], out: Path) -> dict[str, Any]:
             "errors": sum(m["verdict"] == "error" for m in ms),
             "mean_seconds": _mean([m["seconds"] for m in ms])}
         groups[g] = cell
-    return {"groups": groups, "models": per_model}
+    res: dict[str, Any] = {"groups": groups, "models": per_model}
+    ulp = [(m["methods"]["ulp"]["statistic"], m["target"] is not None) for m in per_model.values()
+           if (m["methods"].get("ulp") or {}).get("status") == "ok"]
+    if ulp and {b for _, b in ulp} == {True, False}:  # ROC AUC of P(poisoned) over the held-out table
+        import torch
+
+        from trojanscope.metrics import roc_auc
+
+        res["ulp_table_auc"] = roc_auc(torch.tensor([p for p, b in ulp if not b]),
+                                       torch.tensor([p for p, b in ulp if b]))
+    return res
 
 
 #: detectors that say whether a model is backdoored but name no target class
@@ -387,7 +398,9 @@ def markdown(res: dict[str, Any]) -> str:
         star += (f" **: a ULP (M = 10) trained on {z.get('zoo_models', '?')} models built like the "
                  f"table's ({z.get('per_group', '?')} per backdoored group and as many clean, seeds "
                  f"{ZOO_SEED0}+, none of the table's); it says whether a model is backdoored, not "
-                 "to which class, so its cells count detections.")
+                 "to which class, so its cells count detections"
+                 + (f"; its ROC AUC over the table's models is {res['ulp_table_auc']:.2f}"
+                    if res.get("ulp_table_auc") is not None else "") + ".")
     return ("\n".join(lines) + "\n\nA cell is the number of models detected with the right target "
             "(C-0: not flagged) out of the models in the group the method ran on; inc. = inconclusive."
             + star + " Goal (issue 15): "
